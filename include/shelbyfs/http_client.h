@@ -1,0 +1,62 @@
+// HttpClient: the one owner of libcurl. A curl-multi I/O thread serves ranged
+// GETs and whole-object GETs submitted from any thread, with retries.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <string>
+
+#include "shelbyfs/blob_reader.h"
+#include "shelbyfs/result.h"
+
+namespace shelbyfs {
+
+struct HttpOptions {
+    std::chrono::milliseconds connect_timeout{10'000};
+    /// A transfer that moves no byte for this long is aborted (and retried).
+    std::chrono::milliseconds stall_timeout{30'000};
+    /// Retries after the first attempt, for transient failures only:
+    /// connection errors, timeouts, HTTP 408/429/5xx, short or malformed bodies.
+    int max_retries = 5;
+    std::chrono::milliseconds backoff_initial{100};  ///< doubled per retry ...
+    std::chrono::milliseconds backoff_max{5'000};    ///< ... up to this
+    long max_connections = 16;                       ///< total, kept alive between requests
+    std::string user_agent = "shelbyfs/0.1";
+};
+
+/// Thread-safe. Owns one I/O thread, started in the constructor and joined in
+/// the destructor; pending requests then fail with Errc::Network. Reused
+/// keep-alive connections. Permanent failures (4xx other than 408/429, bad
+/// URL) are not retried. Errors name the URL, the range and the cause.
+class HttpClient final : public BlobReader {
+public:
+    explicit HttpClient(HttpOptions options = {});
+    ~HttpClient() override;
+    HttpClient(const HttpClient&) = delete;
+    HttpClient& operator=(const HttpClient&) = delete;
+
+    /// GET `url` with `Range: bytes=offset-(offset+length-1)`. A 206 must
+    /// carry exactly `length` bytes starting at `offset`; a 200 (server ignored
+    /// Range) is accepted and sliced if it holds the range. `length` == 0
+    /// completes immediately with an empty string.
+    std::future<Result<std::string>> read_range(const std::string& url, std::uint64_t offset,
+                                                std::uint64_t length) override;
+    /// GET the whole object (manifests). 404 gives Errc::NotFound.
+    std::future<Result<std::string>> get(const std::string& url);
+
+    /// Counters, for logs and tests.
+    struct Stats {
+        std::uint64_t requests = 0;  ///< attempts sent, retries included
+        std::uint64_t retries = 0;
+        std::uint64_t bytes = 0;  ///< body bytes received
+    };
+    Stats stats() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shelbyfs

@@ -1,0 +1,42 @@
+// The one place that maps shelbyfs error codes to errno values.
+#include "shelbyfs/result.h"
+
+#include <cerrno>
+
+namespace shelbyfs {
+
+int to_errno(Errc code) noexcept {
+    switch (code) {
+        case Errc::NotFound: return ENOENT;
+        case Errc::NotDirectory: return ENOTDIR;
+        case Errc::IsDirectory: return EISDIR;
+        case Errc::ReadOnly: return EROFS;
+        case Errc::Network: return EIO;
+        case Errc::HttpStatus: return EIO;
+        case Errc::Integrity: return EIO;
+        case Errc::NoSpace: return ENOSPC;
+        case Errc::InvalidArgument: return EINVAL;
+        case Errc::Io: return EIO;
+        case Errc::Internal: return EIO;
+    }
+    return EIO;
+}
+
+const char* errc_name(Errc code) noexcept {
+    switch (code) {
+        case Errc::NotFound: return "NotFound";
+        case Errc::NotDirectory: return "NotDirectory";
+        case Errc::IsDirectory: return "IsDirectory";
+        case Errc::ReadOnly: return "ReadOnly";
+        case Errc::Network: return "Network";
+        case Errc::HttpStatus: return "HttpStatus";
+        case Errc::Integrity: return "Integrity";
+        case Errc::NoSpace: return "NoSpace";
+        case Errc::InvalidArgument: return "InvalidArgument";
+        case Errc::Io: return "Io";
+        case Errc::Internal: return "Internal";
+    }
+    return "Unknown";
+}
+
+}  // namespace shelbyfs

@@ -1,0 +1,4 @@
+#include <doctest/doctest.h>
+TEST_SUITE("filesystem") {
+TEST_CASE("placeholder") { CHECK(true); }
+}
