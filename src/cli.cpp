@@ -1,1 +1,217 @@
-// stub
+// Parsing of `shelbyfs pack` and `shelbyfs mount` command lines, and --help.
+#include "cli.h"
+
+#include <cstdlib>
+#include <string_view>
+
+#include "shelbyfs/units.h"
+
+namespace shelbyfs::cli {
+
+std::string usage() {
+    return R"(Usage:
+  shelbyfs pack <src-dir> <out-dir> [--shard-size SIZE] [--block-size SIZE]
+                [--base-url URL] [--progress | --no-progress]
+  shelbyfs mount <manifest> <mountpoint> [-f] [-d] [-o opt[,opt...]]
+  shelbyfs --help | --version
+
+pack: write the files under <src-dir> into tar shards <out-dir>/shard-NNNNNN.tar
+and a manifest <out-dir>/manifest.json recording where every sample sits.
+  --shard-size SIZE   target shard size (default 64MiB); a larger sample gets
+                      a shard of its own
+  --block-size SIZE   verification and fetch unit recorded in the manifest
+                      (default 1MiB)
+  --base-url URL      record shard locations as URL/<shard> instead of paths
+                      relative to the manifest
+  --progress, --no-progress
+                      force the progress line on or off (default: on when
+                      stderr is a terminal)
+
+mount: present <manifest> (a local path or an http(s):// URL) at <mountpoint>:
+  <mountpoint>/samples/<path>   each sample's bytes
+  <mountpoint>/shards/<name>    each shard's bytes
+  <mountpoint>/checkpoints/     reserved for checkpoints (read-only for now)
+Blocks are fetched on demand with range requests, verified against the
+manifest's hashes, and kept in an in-memory LRU cache. The command returns once
+the mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint>`.
+  -f                  stay in the foreground, logging to stderr
+  -d                  foreground with libfuse's request trace
+  -o cache_size=SIZE  block cache budget (default 512MiB)
+  -o threads=N        FUSE worker threads (default 16)
+  -o retries=N        retries of a failed HTTP request (default 5)
+  -o timeout=SECS     abort a transfer that stalls this long (default 30)
+  -o connect_timeout=SECS  (default 10)
+  -o log_file=PATH    append the daemon's log to PATH (default: discarded
+                      unless -f)
+  -o debug            verbose log
+  -o allow_other, allow_root, default_permissions, auto_unmount, fsname=NAME
+                      and other FUSE mount options are passed to libfuse
+
+Sizes take a K, M, G or T suffix (binary: 1K = 1KiB = 1024), e.g. 64MiB.
+Exit status: 0 success, 1 failure (the message says what and where),
+2 command-line usage error.
+)";
+}
+
+namespace {
+
+bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
+
+std::optional<double> parse_seconds(std::string_view text) {
+    std::string s(text);
+    char* end = nullptr;
+    double v = std::strtod(s.c_str(), &end);
+    if (s.empty() || end == nullptr || *end != '\0' || !(v > 0) || v > 86400) return std::nullopt;
+    return v;
+}
+
+std::optional<long> parse_count(std::string_view text, long min, long max) {
+    std::string s(text);
+    char* end = nullptr;
+    long v = std::strtol(s.c_str(), &end, 10);
+    if (s.empty() || end == nullptr || *end != '\0' || v < min || v > max) return std::nullopt;
+    return v;
+}
+
+// Apply one "-o" item; our own options are consumed, others go to libfuse.
+std::string apply_mount_option(MountCommand& m, std::string_view opt) {
+    auto eq = opt.find('=');
+    std::string_view key = opt.substr(0, eq);
+    std::string_view value = eq == std::string_view::npos ? std::string_view{} : opt.substr(eq + 1);
+    auto need_value = [&]() { return eq == std::string_view::npos || value.empty(); };
+    if (key == "cache_size") {
+        auto v = need_value() ? std::nullopt : parse_size(value);
+        if (!v || *v < 1024 * 1024) return "bad -o cache_size: '" + std::string(value) + "' (want a size >= 1MiB)";
+        m.cache_size = *v;
+    } else if (key == "threads") {
+        auto v = need_value() ? std::nullopt : parse_count(value, 1, 1024);
+        if (!v) return "bad -o threads: '" + std::string(value) + "' (want 1..1024)";
+        m.threads = static_cast<unsigned>(*v);
+    } else if (key == "retries") {
+        auto v = need_value() ? std::nullopt : parse_count(value, 0, 100);
+        if (!v) return "bad -o retries: '" + std::string(value) + "' (want 0..100)";
+        m.retries = static_cast<int>(*v);
+    } else if (key == "timeout" || key == "connect_timeout") {
+        auto v = need_value() ? std::nullopt : parse_seconds(value);
+        if (!v) return "bad -o " + std::string(key) + ": '" + std::string(value) + "' (want seconds > 0)";
+        (key == "timeout" ? m.timeout_s : m.connect_timeout_s) = *v;
+    } else if (key == "log_file") {
+        if (need_value()) return "bad -o log_file: a path is required";
+        m.log_file = std::string(value);
+    } else if (key == "debug") {
+        m.debug = true;
+    } else if (!opt.empty()) {
+        m.fuse_args.push_back("-o");
+        m.fuse_args.emplace_back(opt);
+    }
+    return {};
+}
+
+ParseResult parse_mount(const std::vector<std::string_view>& args) {
+    MountCommand m;
+    std::vector<std::string_view> positional;
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        std::string_view a = args[i];
+        std::string_view opts;
+        if (a == "-f") {
+            m.foreground = true;
+            continue;
+        }
+        if (a == "-d") {
+            m.foreground = true;
+            m.fuse_debug = true;
+            continue;
+        }
+        if (a == "-o") {
+            if (i + 1 >= args.size()) return {std::nullopt, "-o needs an argument"};
+            opts = args[++i];
+        } else if (starts_with(a, "-o")) {
+            opts = a.substr(2);
+        } else if (a == "-h" || a == "--help") {
+            return {HelpCommand{usage()}, {}};
+        } else if (starts_with(a, "-") && a.size() > 1) {
+            return {std::nullopt, "mount: unknown option '" + std::string(a) + "'"};
+        } else {
+            positional.push_back(a);
+            continue;
+        }
+        std::size_t start = 0;
+        while (start <= opts.size()) {
+            std::size_t comma = opts.find(',', start);
+            if (comma == std::string_view::npos) comma = opts.size();
+            if (auto err = apply_mount_option(m, opts.substr(start, comma - start)); !err.empty())
+                return {std::nullopt, err};
+            start = comma + 1;
+        }
+    }
+    if (positional.size() != 2)
+        return {std::nullopt, "mount: expected <manifest> <mountpoint>, got " + std::to_string(positional.size()) +
+                                  " argument(s)"};
+    m.manifest = std::string(positional[0]);
+    m.mountpoint = std::string(positional[1]);
+    return {m, {}};
+}
+
+ParseResult parse_pack(const std::vector<std::string_view>& args) {
+    PackCommand p;
+    std::vector<std::string_view> positional;
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        std::string_view a = args[i];
+        std::string_view value;
+        std::string_view name = a;
+        bool has_inline = false;
+        if (starts_with(a, "--") && a.find('=') != std::string_view::npos) {
+            name = a.substr(0, a.find('='));
+            value = a.substr(a.find('=') + 1);
+            has_inline = true;
+        }
+        auto take_value = [&]() -> bool {
+            if (has_inline) return true;
+            if (i + 1 >= args.size()) return false;
+            value = args[++i];
+            return true;
+        };
+        if (name == "--shard-size" || name == "--block-size") {
+            if (!take_value()) return {std::nullopt, std::string(name) + " needs a value"};
+            auto v = parse_size(value);
+            if (!v || *v == 0) return {std::nullopt, "bad " + std::string(name) + ": '" + std::string(value) + "'"};
+            if (name == "--block-size" && *v > 256ull * 1024 * 1024)
+                return {std::nullopt, "bad --block-size: at most 256MiB"};
+            (name == "--shard-size" ? p.options.shard_size : p.options.block_size) = *v;
+        } else if (name == "--base-url") {
+            if (!take_value() || value.empty()) return {std::nullopt, "--base-url needs a URL"};
+            p.options.base_url = std::string(value);
+        } else if (a == "--progress") {
+            p.options.progress = Progress::Always;
+        } else if (a == "--no-progress") {
+            p.options.progress = Progress::Never;
+        } else if (a == "-h" || a == "--help") {
+            return {HelpCommand{usage()}, {}};
+        } else if (starts_with(a, "-") && a.size() > 1) {
+            return {std::nullopt, "pack: unknown option '" + std::string(a) + "'"};
+        } else {
+            positional.push_back(a);
+        }
+    }
+    if (positional.size() != 2)
+        return {std::nullopt, "pack: expected <src-dir> <out-dir>, got " + std::to_string(positional.size()) +
+                                  " argument(s)"};
+    p.options.src_dir = std::string(positional[0]);
+    p.options.out_dir = std::string(positional[1]);
+    return {p, {}};
+}
+
+}  // namespace
+
+ParseResult parse(int argc, char** argv) {
+    if (argc < 2) return {std::nullopt, "missing command"};
+    std::string_view cmd = argv[1];
+    std::vector<std::string_view> rest(argv + 2, argv + argc);
+    if (cmd == "-h" || cmd == "--help" || cmd == "help") return {HelpCommand{usage()}, {}};
+    if (cmd == "-V" || cmd == "--version") return {VersionCommand{}, {}};
+    if (cmd == "mount") return parse_mount(rest);
+    if (cmd == "pack") return parse_pack(rest);
+    return {std::nullopt, "unknown command '" + std::string(cmd) + "'"};
+}
+
+}  // namespace shelbyfs::cli

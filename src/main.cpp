@@ -1,1 +1,258 @@
-int main() { return 0; }
+// The composition root: parse the command line, wire the core, mount or pack.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <string>
+
+#include "cli.h"
+#include "shelbyfs/blob_reader.h"
+#include "shelbyfs/block_cache.h"
+#include "shelbyfs/fetcher.h"
+#include "shelbyfs/filesystem.h"
+#include "shelbyfs/fuse_adapter.h"
+#include "shelbyfs/http_client.h"
+#include "shelbyfs/log.h"
+#include "shelbyfs/manifest.h"
+#include "shelbyfs/pack.h"
+#include "shelbyfs/units.h"
+
+namespace shelbyfs {
+namespace {
+
+void print_error(const std::string& message) { std::fprintf(stderr, "shelbyfs: %s\n", message.c_str()); }
+
+std::string absolute_path(const std::string& path) {
+    char buf[PATH_MAX];
+    if (::realpath(path.c_str(), buf) != nullptr) return buf;
+    return path;
+}
+
+// The daemon's report to the waiting parent: one byte, 0 = mounted.
+class StartupPipe {
+public:
+    bool open() { return ::pipe2(fds_, O_CLOEXEC) == 0; }
+    void close_read() { close_fd(fds_[0]); }
+    void close_write() { close_fd(fds_[1]); }
+    void report(char status) {
+        if (fds_[1] >= 0) {
+            ssize_t n = ::write(fds_[1], &status, 1);
+            (void)n;
+            close_write();
+        }
+    }
+    int wait_status() {
+        char status = 1;
+        ssize_t n;
+        do n = ::read(fds_[0], &status, 1);
+        while (n < 0 && errno == EINTR);
+        close_read();
+        return n == 1 ? status : -1;
+    }
+
+private:
+    static void close_fd(int& fd) {
+        if (fd >= 0) ::close(fd);
+        fd = -1;
+    }
+    int fds_[2] = {-1, -1};
+};
+
+struct LoadedManifest {
+    Manifest manifest;
+    std::string location;  // absolute path or URL: the base for relative shards
+    std::int64_t mtime = 0;
+};
+
+Result<LoadedManifest> load_manifest(const std::string& given, HttpClient& http) {
+    LoadedManifest out;
+    std::string text;
+    if (is_url(given)) {
+        if (given.rfind("http://", 0) != 0 && given.rfind("https://", 0) != 0)
+            return make_error(Errc::InvalidArgument, "manifest " + given + ": unsupported URL scheme (use http:// or https://)");
+        auto body = http.get(given).get();
+        if (!body) return make_error(body.error().code, "cannot fetch manifest: " + body.error().message);
+        text = std::move(*body);
+        out.location = given;
+        out.mtime = std::time(nullptr);
+    } else {
+        out.location = absolute_path(given);
+        auto body = read_local_file(out.location);
+        if (!body) return make_error(body.error().code, "cannot read manifest " + body.error().message);
+        text = std::move(*body);
+        struct stat st {};
+        if (::stat(out.location.c_str(), &st) == 0) out.mtime = st.st_mtim.tv_sec;
+    }
+    auto parsed = Manifest::parse(text, given);
+    if (!parsed) return std::move(parsed).error();
+    out.manifest = std::move(*parsed);
+    return out;
+}
+
+int run_mount(const cli::MountCommand& cmd) {
+    struct stat st {};
+    if (::stat(cmd.mountpoint.c_str(), &st) != 0) {
+        print_error("mountpoint " + cmd.mountpoint + ": " + std::strerror(errno));
+        return cli::kExitFailure;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        print_error("mountpoint " + cmd.mountpoint + ": not a directory");
+        return cli::kExitFailure;
+    }
+    std::string mountpoint = absolute_path(cmd.mountpoint);
+    std::string log_file = cmd.log_file.empty() ? "" : absolute_path(cmd.log_file);
+    if (!cmd.log_file.empty() && log_file == cmd.log_file && cmd.log_file.front() != '/') {
+        char cwd[PATH_MAX];
+        if (::getcwd(cwd, sizeof cwd) != nullptr) log_file = std::string(cwd) + "/" + cmd.log_file;
+    }
+
+    StartupPipe pipe;
+    bool daemon = !cmd.foreground;
+    if (daemon) {
+        if (!pipe.open()) {
+            print_error(std::string("pipe: ") + std::strerror(errno));
+            return cli::kExitFailure;
+        }
+        pid_t pid = ::fork();
+        if (pid < 0) {
+            print_error(std::string("fork: ") + std::strerror(errno));
+            return cli::kExitFailure;
+        }
+        if (pid > 0) {
+            pipe.close_write();
+            int status = pipe.wait_status();
+            if (status == 0) return cli::kExitOk;
+            if (status < 0) print_error("the daemon exited during start-up");
+            ::waitpid(pid, nullptr, WNOHANG);
+            return cli::kExitFailure;
+        }
+        pipe.close_read();
+    }
+    auto fail = [&](const std::string& message) {
+        print_error(message);
+        pipe.report(1);
+        return cli::kExitFailure;
+    };
+
+    log::set_level(cmd.debug ? log::Level::Debug : log::Level::Info);
+    if (!log_file.empty() && !log::set_file(log_file.c_str()))
+        return fail("log_file " + log_file + ": " + std::strerror(errno));
+
+    HttpOptions http_options;
+    http_options.max_retries = cmd.retries;
+    http_options.stall_timeout = std::chrono::milliseconds(static_cast<long>(cmd.timeout_s * 1000));
+    http_options.connect_timeout = std::chrono::milliseconds(static_cast<long>(cmd.connect_timeout_s * 1000));
+    HttpClient http(http_options);
+
+    auto loaded = load_manifest(cmd.manifest, http);
+    if (!loaded) return fail(loaded.error().message);
+    const Manifest& manifest = loaded->manifest;
+
+    std::vector<ObjectSpec> objects;
+    objects.reserve(manifest.shards.size());
+    for (const ShardInfo& s : manifest.shards)
+        objects.push_back(ObjectSpec{s.name, resolve_location(loaded->location, s.location), s.size,
+                                     manifest.block_size, s.blocks});
+    RoutingReader reader(&http);
+    BlockCache cache(cmd.cache_size);
+    Fetcher fetcher(reader, cache, std::move(objects));
+    FsOptions fs_options;
+    fs_options.uid = ::getuid();
+    fs_options.gid = ::getgid();
+    fs_options.mtime = loaded->mtime;
+    auto fs = Filesystem::create(manifest, fetcher, fs_options);
+    if (!fs) return fail(cmd.manifest + ": " + fs.error().message);
+
+    FuseOptions fuse_options;
+    fuse_options.mountpoint = mountpoint;
+    fuse_options.fuse_args = {"-o", "fsname=shelbyfs", "-o", "subtype=shelbyfs", "-o", "default_permissions"};
+    fuse_options.fuse_args.insert(fuse_options.fuse_args.end(), cmd.fuse_args.begin(), cmd.fuse_args.end());
+    fuse_options.max_threads = cmd.threads;
+    fuse_options.debug = cmd.fuse_debug;
+    fuse_options.on_mounted = [&] {
+        log::info("mount", "mounted " + cmd.manifest + " on " + mountpoint + ": " +
+                               std::to_string(manifest.samples.size()) + " samples in " +
+                               std::to_string(manifest.shards.size()) + " shards, cache " +
+                               format_size(cmd.cache_size));
+        if (!daemon) return;
+        ::setsid();
+        if (::chdir("/") != 0) log::warn("mount", "chdir / failed");
+        int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (null_fd >= 0) {
+            ::dup2(null_fd, 0);
+            ::dup2(null_fd, 1);
+            ::dup2(null_fd, 2);
+            if (null_fd > 2) ::close(null_fd);
+        }
+        pipe.report(0);
+    };
+    std::string error;
+    int rc = run_fuse(**fs, fuse_options, &error);
+    if (rc != 0) return fail(error);
+    auto cs = cache.stats();
+    auto fst = fetcher.stats();
+    log::info("mount", "unmounted " + mountpoint + ": cache hits " + std::to_string(cs.hits) + ", misses " +
+                           std::to_string(cs.misses) + ", fetched " + format_size(fst.bytes_fetched) + " in " +
+                           std::to_string(fst.fetches) + " blocks");
+    return cli::kExitOk;
+}
+
+int run_pack(const cli::PackCommand& cmd) {
+    auto summary = pack(cmd.options);
+    if (!summary) {
+        print_error(summary.error().message);
+        return cli::kExitFailure;
+    }
+    const PackSummary& s = *summary;
+    double rate = s.seconds > 0 ? static_cast<double>(s.bytes) / s.seconds : 0;
+    std::printf("packed %llu files (%s) into %llu shard%s (%s) in %.2f s, %s/s -> %s/manifest.json\n",
+                static_cast<unsigned long long>(s.files), format_size(s.bytes).c_str(),
+                static_cast<unsigned long long>(s.shards), s.shards == 1 ? "" : "s",
+                format_size(s.shard_bytes).c_str(), s.seconds, format_size(static_cast<std::uint64_t>(rate)).c_str(),
+                cmd.options.out_dir.c_str());
+    return cli::kExitOk;
+}
+
+}  // namespace
+}  // namespace shelbyfs
+
+int main(int argc, char** argv) {
+    using namespace shelbyfs;
+    std::signal(SIGPIPE, SIG_IGN);
+    auto parsed = cli::parse(argc, argv);
+    if (!parsed.command) {
+        std::fprintf(stderr, "shelbyfs: %s\nTry 'shelbyfs --help'.\n", parsed.error.c_str());
+        return cli::kExitUsage;
+    }
+    try {
+        return std::visit(
+            [](auto& cmd) -> int {
+                using T = std::decay_t<decltype(cmd)>;
+                if constexpr (std::is_same_v<T, cli::HelpCommand>) {
+                    std::fputs(cmd.text.c_str(), stdout);
+                    return cli::kExitOk;
+                } else if constexpr (std::is_same_v<T, cli::VersionCommand>) {
+                    std::puts("shelbyfs " SHELBYFS_VERSION);
+                    return cli::kExitOk;
+                } else if constexpr (std::is_same_v<T, cli::MountCommand>) {
+                    return run_mount(cmd);
+                } else {
+                    return run_pack(cmd);
+                }
+            },
+            *parsed.command);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "shelbyfs: unexpected error: %s\n", e.what());
+        return cli::kExitFailure;
+    }
+}

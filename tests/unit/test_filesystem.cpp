@@ -1,4 +1,122 @@
+// Filesystem core: tree shape, attributes, reads, read-only errors. No FUSE.
 #include <doctest/doctest.h>
+
+#include <fcntl.h>
+
+#include "fake_reader.h"
+#include "shelbyfs/filesystem.h"
+
+using namespace shelbyfs;
+
+namespace {
+
+struct Fixture {
+    test::FakeReader reader;
+    Manifest manifest;
+    BlockCache cache{1 << 20};
+    std::unique_ptr<Fetcher> fetcher;
+    std::unique_ptr<Filesystem> fs;
+
+    Fixture() {
+        reader.objects["s0"] = test::pattern(5000, 1);
+        reader.objects["s1"] = test::pattern(64, 2);
+        manifest.block_size = 1024;
+        manifest.shards = {ShardInfo{"shard-000000.tar", "s0", 0, {}, {}},
+                           ShardInfo{"shard-000001.tar", "s1", 0, {}, {}}};
+        manifest.samples = {SampleInfo{"b/2.png", 0, 1000, 3000, {}}, SampleInfo{"a/1.png", 0, 0, 10, {}},
+                            SampleInfo{"a/deep/x", 1, 0, 64, {}}, SampleInfo{"empty", 1, 64, 0, {}}};
+        test::seal(manifest, reader);
+        REQUIRE(manifest.validate("t"));
+        std::vector<ObjectSpec> objects;
+        for (auto& s : manifest.shards)
+            objects.push_back(ObjectSpec{s.name, s.location, s.size, manifest.block_size, s.blocks});
+        fetcher = std::make_unique<Fetcher>(reader, cache, objects);
+        auto r = Filesystem::create(manifest, *fetcher, FsOptions{60, 1000, 1000, 1234});
+        REQUIRE(r);
+        fs = std::move(*r);
+    }
+
+    InodeNo walk(std::initializer_list<const char*> parts) {
+        InodeNo ino = kRootIno;
+        for (const char* p : parts) {
+            auto a = fs->lookup(ino, p);
+            REQUIRE_MESSAGE(a, p);
+            ino = a->st.st_ino;
+        }
+        return ino;
+    }
+
+    std::vector<std::string> names(InodeNo dir) {
+        auto r = fs->readdir(dir);
+        REQUIRE(r);
+        std::vector<std::string> out;
+        for (auto& e : *r) out.push_back(e.name);
+        return out;
+    }
+};
+
+}  // namespace
+
 TEST_SUITE("filesystem") {
-TEST_CASE("placeholder") { CHECK(true); }
+    TEST_CASE("root holds samples, shards and checkpoints") {
+        Fixture fx;
+        CHECK(fx.names(kRootIno) == std::vector<std::string>{".", "..", "checkpoints", "samples", "shards"});
+        CHECK(fx.names(fx.walk({"shards"})) == std::vector<std::string>{".", "..", "shard-000000.tar", "shard-000001.tar"});
+        CHECK(fx.names(fx.walk({"samples"})) == std::vector<std::string>{".", "..", "a", "b", "empty"});
+        CHECK(fx.names(fx.walk({"samples", "a"})) == std::vector<std::string>{".", "..", "1.png", "deep"});
+        CHECK(fx.names(fx.walk({"checkpoints"})) == std::vector<std::string>{".", ".."});
+    }
+
+    TEST_CASE("attributes carry exact sizes, modes and owner") {
+        Fixture fx;
+        auto a = fx.fs->getattr(fx.walk({"samples", "b", "2.png"}));
+        REQUIRE(a);
+        CHECK(a->st.st_size == 3000);
+        CHECK(a->st.st_mode == (S_IFREG | 0444));
+        CHECK(a->st.st_uid == 1000);
+        CHECK(a->st.st_mtim.tv_sec == 1234);
+        CHECK(a->ttl == 60);
+        auto shard = fx.fs->getattr(fx.walk({"shards", "shard-000000.tar"}));
+        CHECK(shard->st.st_size == 5000);
+        auto dir = fx.fs->getattr(fx.walk({"samples", "a"}));
+        CHECK(S_ISDIR(dir->st.st_mode));
+        CHECK(dir->st.st_nlink == 3);
+        CHECK(fx.fs->getattr(fx.walk({"samples", "empty"}))->st.st_size == 0);
+    }
+
+    TEST_CASE("lookup misses and type errors") {
+        Fixture fx;
+        auto r = fx.fs->lookup(fx.walk({"samples"}), "nope");
+        REQUIRE_FALSE(r);
+        CHECK(to_errno(r.error().code) == ENOENT);
+        CHECK(to_errno(fx.fs->lookup(fx.walk({"samples", "a", "1.png"}), "x").error().code) == ENOTDIR);
+        CHECK(to_errno(fx.fs->open(fx.walk({"samples"}), O_RDONLY).error().code) == EISDIR);
+    }
+
+    TEST_CASE("reads sample and shard bytes exactly, clamped at EOF") {
+        Fixture fx;
+        const std::string& s0 = fx.reader.objects["s0"];
+        InodeNo sample = fx.walk({"samples", "b", "2.png"});
+        std::string buf(5000, '\0');
+        auto n = fx.fs->read(sample, 0, buf.size(), buf.data());
+        REQUIRE(n);
+        CHECK(*n == 3000);
+        CHECK(buf.substr(0, 3000) == s0.substr(1000, 3000));
+        n = fx.fs->read(sample, 2990, 100, buf.data());
+        CHECK(*n == 10);
+        CHECK(buf.substr(0, 10) == s0.substr(3990, 10));
+        CHECK(*fx.fs->read(sample, 3000, 100, buf.data()) == 0);
+        InodeNo shard = fx.walk({"shards", "shard-000000.tar"});
+        n = fx.fs->read(shard, 0, 5000, buf.data());
+        CHECK(*n == 5000);
+        CHECK(buf == s0);
+    }
+
+    TEST_CASE("everything is read-only for now") {
+        Fixture fx;
+        CHECK(to_errno(fx.fs->open(fx.walk({"samples", "a", "1.png"}), O_WRONLY).error().code) == EROFS);
+        CHECK(to_errno(fx.fs->open(fx.walk({"samples", "a", "1.png"}), O_RDONLY | O_TRUNC).error().code) == EROFS);
+        CHECK(to_errno(fx.fs->modify(fx.walk({"samples"})).error().code) == EROFS);
+        CHECK(fx.fs->open(fx.walk({"samples", "a", "1.png"}), O_RDONLY));
+    }
 }

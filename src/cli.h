@@ -1,0 +1,54 @@
+// Command-line parsing for the shelbyfs executable (not part of the core library).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "shelbyfs/pack.h"
+
+namespace shelbyfs::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitUsage = 2;
+
+struct MountCommand {
+    std::string manifest;    ///< path or URL, as given
+    std::string mountpoint;  ///< as given
+    bool foreground = false;
+    bool fuse_debug = false;
+    std::uint64_t cache_size = 512ull * 1024 * 1024;
+    unsigned threads = 16;
+    int retries = 5;
+    double timeout_s = 30;
+    double connect_timeout_s = 10;
+    std::string log_file;
+    bool debug = false;
+    std::vector<std::string> fuse_args;  ///< "-o", "opt" pairs passed to libfuse
+};
+
+struct PackCommand {
+    PackOptions options;
+};
+
+struct HelpCommand {
+    std::string text;
+};
+
+struct VersionCommand {};
+
+using Command = std::variant<MountCommand, PackCommand, HelpCommand, VersionCommand>;
+
+/// Parse argv. On a usage error returns the message (without "shelbyfs: ").
+struct ParseResult {
+    std::optional<Command> command;
+    std::string error;
+};
+ParseResult parse(int argc, char** argv);
+
+std::string usage();
+
+}  // namespace shelbyfs::cli
