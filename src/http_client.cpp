@@ -1,1 +1,673 @@
-// stub
+// HttpClient: the curl-multi I/O thread, its job queue, retries and range checks.
+#include "shelbyfs/http_client.h"
+
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <charconv>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <new>
+#include <optional>
+#include <string_view>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "shelbyfs/log.h"
+
+namespace shelbyfs {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+enum class Kind { Range, Whole };
+
+// One request as the caller sees it; survives across attempts.
+struct Job {
+    Kind kind = Kind::Range;
+    std::string url;
+    std::uint64_t offset = 0;
+    std::uint64_t length = 0;
+    std::promise<Result<std::string>> promise;
+    int attempts = 0;  // attempts started so far
+
+    std::string describe() const {
+        std::string s = "GET " + url;
+        if (kind == Kind::Range) {
+            s += " bytes=" + std::to_string(offset) + "-" + std::to_string(offset + length - 1);
+        }
+        return s;
+    }
+};
+
+// One attempt of a Job: the easy handle's state. Touched only by the I/O thread
+// (curl calls the callbacks from curl_multi_perform on that thread).
+struct Transfer {
+    std::unique_ptr<Job> job;
+    CURL* easy = nullptr;
+    std::uint64_t max_body = 0;
+    long status = 0;              // of the response being received
+    std::string content_range;    // of the response being received
+    std::string body;             // Range: the wanted bytes only; Whole: everything
+    std::uint64_t received = 0;   // body bytes of the final response, kept or not
+    std::uint64_t received_total = 0;  // all body bytes, for stats
+    Clock::time_point added{};
+    Clock::time_point last_progress{};
+    bool request_sent = false;
+    bool stopped_early = false;  // 200 for a range: we had our bytes, stopped reading
+    bool overlong = false;       // 206 body longer than the range
+    bool too_big = false;        // whole body above max_body
+    bool out_of_memory = false;
+    bool stalled = false;
+    char error_buffer[CURL_ERROR_SIZE] = {};
+
+    void reset_response() {
+        status = 0;
+        content_range.clear();
+        body.clear();
+        received = 0;
+    }
+
+    // Returns false to make curl abort the transfer.
+    bool take_body(const char* data, std::size_t n) {
+        received_total += n;
+        const std::uint64_t before = received;
+        received += n;
+        if (job->kind == Kind::Whole) {
+            if (status != 200) return true;  // error page: discarded
+            if (received > max_body) {
+                too_big = true;
+                return false;
+            }
+            if (body.capacity() == 0) {
+                curl_off_t expected = -1;
+                curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &expected);
+                if (expected > 0) body.reserve(std::min(static_cast<std::uint64_t>(expected), max_body));
+            }
+            body.append(data, n);
+            return true;
+        }
+        if (status == 206) {
+            if (received > job->length) {
+                overlong = true;
+                return false;
+            }
+            body.append(data, n);
+            return true;
+        }
+        if (status == 200) {
+            // The server ignored Range: keep [offset, offset+length) of the whole body.
+            const std::uint64_t want_end = job->offset + job->length;
+            const std::uint64_t lo = std::max(before, job->offset);
+            const std::uint64_t hi = std::min(received, want_end);
+            if (lo < hi) body.append(data + (lo - before), static_cast<std::size_t>(hi - lo));
+            if (received >= want_end) {
+                curl_off_t expected = -1;
+                curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &expected);
+                if (expected < 0 || received < static_cast<std::uint64_t>(expected)) {
+                    // Do not download the rest of a possibly huge object; this
+                    // costs the connection, which is cheaper.
+                    stopped_early = true;
+                    return false;
+                }
+            }
+            return true;
+        }
+        return true;  // error page: discarded
+    }
+};
+
+std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user) {
+    auto& t = *static_cast<Transfer*>(user);
+    const std::size_t n = size * count;
+    t.last_progress = Clock::now();
+    try {
+        return t.take_body(data, n) ? n : 0;
+    } catch (const std::bad_alloc&) {
+        t.out_of_memory = true;
+        return 0;
+    }
+}
+
+bool starts_with_nocase(std::string_view s, std::string_view prefix) {
+    if (s.size() < prefix.size()) return false;
+    for (std::size_t i = 0; i < prefix.size(); ++i) {
+        if (std::tolower(static_cast<unsigned char>(s[i])) != prefix[i]) return false;
+    }
+    return true;
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == '\r' || s.back() == '\n' || s.back() == ' ' || s.back() == '\t')) {
+        s.remove_suffix(1);
+    }
+    return s;
+}
+
+std::size_t on_header(char* data, std::size_t size, std::size_t count, void* user) {
+    auto& t = *static_cast<Transfer*>(user);
+    const std::size_t n = size * count;
+    t.last_progress = Clock::now();
+    const std::string_view line(data, n);
+    try {
+        if (starts_with_nocase(line, "http/")) {
+            // A new response (redirect, 100 Continue, or the final one).
+            t.reset_response();
+            const auto space = line.find(' ');
+            if (space != std::string_view::npos) {
+                const auto code = line.substr(space + 1);
+                std::from_chars(code.data(), code.data() + code.size(), t.status);
+            }
+        } else if (starts_with_nocase(line, "content-range:")) {
+            t.content_range = std::string(trim(line.substr(14)));
+        }
+    } catch (const std::bad_alloc&) {
+        t.out_of_memory = true;
+        return 0;
+    }
+    return n;
+}
+
+#if LIBCURL_VERSION_NUM >= 0x075000
+int on_prereq(void* user, char*, char*, int, int) {
+    auto& t = *static_cast<Transfer*>(user);
+    // Connected (or reused): from now on silence counts as a stall.
+    t.request_sent = true;
+    t.last_progress = Clock::now();
+    return CURL_PREREQFUNC_OK;
+}
+#endif
+
+struct ContentRange {
+    std::uint64_t first = 0;
+    std::uint64_t last = 0;
+    std::optional<std::uint64_t> total;
+};
+
+// Parses "bytes a-b/total" (total may be "*").
+std::optional<ContentRange> parse_content_range(std::string_view s) {
+    if (!starts_with_nocase(s, "bytes ")) return std::nullopt;
+    s.remove_prefix(6);
+    s = trim(s);
+    ContentRange r;
+    const char* p = s.data();
+    const char* end = s.data() + s.size();
+    auto [p1, e1] = std::from_chars(p, end, r.first);
+    if (e1 != std::errc{} || p1 == end || *p1 != '-') return std::nullopt;
+    auto [p2, e2] = std::from_chars(p1 + 1, end, r.last);
+    if (e2 != std::errc{} || p2 == end || *p2 != '/' || r.last < r.first) return std::nullopt;
+    const char* t = p2 + 1;
+    if (t + 1 == end && *t == '*') return r;
+    std::uint64_t total = 0;
+    auto [p3, e3] = std::from_chars(t, end, total);
+    if (e3 != std::errc{} || p3 != end) return std::nullopt;
+    r.total = total;
+    return r;
+}
+
+bool is_retryable_transport(CURLcode code) {
+    switch (code) {
+        case CURLE_COULDNT_RESOLVE_PROXY:
+        case CURLE_COULDNT_RESOLVE_HOST:
+        case CURLE_COULDNT_CONNECT:
+        case CURLE_OPERATION_TIMEDOUT:
+        case CURLE_RECV_ERROR:
+        case CURLE_SEND_ERROR:
+        case CURLE_PARTIAL_FILE:
+        case CURLE_GOT_NOTHING:
+        case CURLE_HTTP2:
+        case CURLE_HTTP2_STREAM:
+        case CURLE_SSL_CONNECT_ERROR:
+        case CURLE_WEIRD_SERVER_REPLY:
+            return true;
+        default:
+            return false;
+    }
+}
+
+// What to do with a finished attempt.
+struct Outcome {
+    enum class Action { Succeed, Retry, Fail } action;
+    Errc code = Errc::Internal;  // for Retry: the code to use if retries run out
+    std::string detail;          // cause, without the "GET url range: " prefix
+    std::string body;
+};
+
+Outcome succeed(std::string body) { return {Outcome::Action::Succeed, Errc::Internal, {}, std::move(body)}; }
+Outcome retry(Errc code, std::string detail) { return {Outcome::Action::Retry, code, std::move(detail), {}}; }
+Outcome fail(Errc code, std::string detail) { return {Outcome::Action::Fail, code, std::move(detail), {}}; }
+
+std::string range_text(std::uint64_t first, std::uint64_t last) {
+    return std::to_string(first) + "-" + std::to_string(last);
+}
+
+Outcome evaluate(Transfer& t, CURLcode code, milliseconds stall_timeout) {
+    const Job& job = *t.job;
+    if (t.stalled) {
+        return retry(Errc::Network, "stalled: no data for " + std::to_string(stall_timeout.count()) + " ms");
+    }
+    if (t.out_of_memory) return fail(Errc::Internal, "out of memory buffering the body (http-oom)");
+    if (t.too_big) {
+        return fail(Errc::HttpStatus, "body larger than the " + std::to_string(t.max_body) + "-byte limit");
+    }
+    if (t.overlong) return retry(Errc::HttpStatus, "HTTP 206 body longer than the " + std::to_string(job.length) + " bytes asked for");
+    if (code != CURLE_OK && !t.stopped_early) {
+        std::string cause = t.error_buffer[0] != '\0' ? std::string(t.error_buffer) : curl_easy_strerror(code);
+        if (code == CURLE_URL_MALFORMAT || code == CURLE_UNSUPPORTED_PROTOCOL) {
+            return fail(Errc::InvalidArgument, std::move(cause));
+        }
+        if (is_retryable_transport(code)) return retry(Errc::Network, std::move(cause));
+        return fail(Errc::Network, std::move(cause));
+    }
+    const long status = t.status;
+    const std::string status_text = "HTTP " + std::to_string(status);
+    if (status == 404) return fail(Errc::NotFound, status_text + " (not found)");
+    if (status == 408 || status == 429 || (status >= 500 && status <= 599)) {
+        return retry(Errc::HttpStatus, status_text);
+    }
+    if (job.kind == Kind::Whole) {
+        if (status != 200) return fail(Errc::HttpStatus, status_text);
+        return succeed(std::move(t.body));
+    }
+    if (status == 416) return fail(Errc::HttpStatus, status_text + " (range not satisfiable)");
+    const std::uint64_t last = job.offset + job.length - 1;
+    if (status == 206) {
+        const auto cr = parse_content_range(t.content_range);
+        if (!cr) return retry(Errc::HttpStatus, "HTTP 206 with bad Content-Range '" + t.content_range + "'");
+        if (cr->first == job.offset && cr->last == last) {
+            if (t.body.size() != job.length) {
+                return retry(Errc::Network, "HTTP 206 body has " + std::to_string(t.body.size()) + " of " +
+                                                std::to_string(job.length) + " bytes");
+            }
+            return succeed(std::move(t.body));
+        }
+        if (cr->first == job.offset && cr->last < last && cr->total && *cr->total == cr->last + 1) {
+            return fail(Errc::HttpStatus,
+                        "range runs past the end of the object (" + std::to_string(*cr->total) + " bytes)");
+        }
+        return retry(Errc::HttpStatus, "HTTP 206 with Content-Range '" + t.content_range + "', expected bytes " +
+                                           range_text(job.offset, last));
+    }
+    if (status == 200) {
+        if (t.body.size() == job.length) return succeed(std::move(t.body));
+        return fail(Errc::HttpStatus, "HTTP 200 ignoring Range, and the object (" + std::to_string(t.received) +
+                                          " bytes) ends before the range");
+    }
+    return fail(Errc::HttpStatus, status_text);
+}
+
+std::once_flag g_curl_init_once;
+bool g_curl_init_ok = false;
+
+}  // namespace
+
+struct HttpClient::Impl {
+    explicit Impl(HttpOptions options) : options_(std::move(options)) {
+        options_.max_connections = std::max(options_.max_connections, 1L);
+        options_.max_retries = std::max(options_.max_retries, 0);
+        std::call_once(g_curl_init_once, [] { g_curl_init_ok = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK; });
+        if (!g_curl_init_ok) {
+            log::error("http", "curl_global_init failed; every request will fail");
+            return;
+        }
+        multi_ = curl_multi_init();
+        if (multi_ == nullptr) {
+            log::error("http", "curl_multi_init failed; every request will fail");
+            return;
+        }
+        curl_multi_setopt(multi_, CURLMOPT_MAX_TOTAL_CONNECTIONS, options_.max_connections);
+        curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, options_.max_connections);
+        curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, options_.max_connections);
+        thread_ = std::thread([this] { run(); });
+    }
+
+    ~Impl() {
+        if (multi_ == nullptr) return;
+        {
+            std::lock_guard lock(queue_mutex_);
+            stopping_ = true;
+        }
+        curl_multi_wakeup(multi_);
+        thread_.join();
+        for (CURL* easy : idle_) curl_easy_cleanup(easy);
+        curl_multi_cleanup(multi_);
+    }
+
+    std::future<Result<std::string>> submit(std::unique_ptr<Job> job) {
+        auto future = job->promise.get_future();
+        if (multi_ == nullptr) {
+            job->promise.set_value(make_error(Errc::Internal, job->describe() + ": libcurl failed to initialise (http-init)"));
+            return future;
+        }
+        {
+            std::lock_guard lock(queue_mutex_);
+            if (!stopping_) {
+                submitted_.push_back(std::move(job));
+            }
+        }
+        if (job) {
+            job->promise.set_value(make_error(Errc::Network, job->describe() + ": client shutting down"));
+            return future;
+        }
+        curl_multi_wakeup(multi_);
+        return future;
+    }
+
+    HttpClient::Stats stats() const {
+        HttpClient::Stats s;
+        s.requests = requests_.load(std::memory_order_relaxed);
+        s.retries = retries_.load(std::memory_order_relaxed);
+        s.bytes = bytes_.load(std::memory_order_relaxed);
+        s.connections = connections_.load(std::memory_order_relaxed);
+        return s;
+    }
+
+    // ---- I/O thread only below ----
+
+    void run() {
+        for (;;) {
+            if (!take_submitted()) break;
+            const auto now = Clock::now();
+            promote_due_retries(now);
+            start_ready();
+            int running = 0;
+            curl_multi_perform(multi_, &running);
+            bool progressed = finish_done();
+            progressed = abort_stalled(Clock::now()) || progressed;
+            // A finished transfer frees a slot or queues a retry: loop at once.
+            if (progressed) continue;
+            curl_multi_poll(multi_, nullptr, 0, poll_timeout_ms(Clock::now()), nullptr);
+        }
+        shut_down();
+    }
+
+    // Moves submitted jobs to ready_. Returns false when the client is stopping.
+    bool take_submitted() {
+        std::vector<std::unique_ptr<Job>> jobs;
+        {
+            std::lock_guard lock(queue_mutex_);
+            if (stopping_) return false;
+            jobs.swap(submitted_);
+        }
+        for (auto& job : jobs) ready_.push_back(std::move(job));
+        return true;
+    }
+
+    void promote_due_retries(Clock::time_point now) {
+        while (!waiting_.empty() && waiting_.begin()->first <= now) {
+            ready_.push_back(std::move(waiting_.begin()->second));
+            waiting_.erase(waiting_.begin());
+        }
+    }
+
+    void start_ready() {
+        // We cap concurrency ourselves rather than let curl queue transfers
+        // internally, so a transfer's timers start only once it has a slot.
+        while (!ready_.empty() && active_.size() < static_cast<std::size_t>(options_.max_connections)) {
+            auto job = std::move(ready_.front());
+            ready_.pop_front();
+            start(std::move(job));
+        }
+    }
+
+    CURL* take_easy() {
+        if (!idle_.empty()) {
+            CURL* easy = idle_.back();
+            idle_.pop_back();
+            return easy;
+        }
+        return curl_easy_init();
+    }
+
+    void release_easy(CURL* easy) {
+        curl_easy_reset(easy);
+        if (idle_.size() < static_cast<std::size_t>(options_.max_connections)) {
+            idle_.push_back(easy);
+        } else {
+            curl_easy_cleanup(easy);
+        }
+    }
+
+    void start(std::unique_ptr<Job> job) {
+        auto t = std::make_unique<Transfer>();
+        t->job = std::move(job);
+        t->max_body = options_.max_body_bytes;
+        t->easy = take_easy();
+        if (t->easy == nullptr) {
+            t->job->promise.set_value(
+                make_error(Errc::Internal, t->job->describe() + ": curl_easy_init failed (http-easy)"));
+            return;
+        }
+        try {
+            if (t->job->kind == Kind::Range) t->body.reserve(static_cast<std::size_t>(t->job->length));
+        } catch (const std::bad_alloc&) {
+            release_easy(t->easy);
+            t->job->promise.set_value(
+                make_error(Errc::Internal, t->job->describe() + ": out of memory for the body (http-oom)"));
+            return;
+        }
+        CURL* e = t->easy;
+        Transfer* raw = t.get();
+        curl_easy_setopt(e, CURLOPT_URL, raw->job->url.c_str());
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options_.connect_timeout.count()));
+        curl_easy_setopt(e, CURLOPT_USERAGENT, options_.user_agent.c_str());
+        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+        curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+        curl_easy_setopt(e, CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+        curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS, static_cast<long>(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+        curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &on_body);
+        curl_easy_setopt(e, CURLOPT_WRITEDATA, raw);
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &on_header);
+        curl_easy_setopt(e, CURLOPT_HEADERDATA, raw);
+#if LIBCURL_VERSION_NUM >= 0x075000
+        curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, &on_prereq);
+        curl_easy_setopt(e, CURLOPT_PREREQDATA, raw);
+#endif
+        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, raw->error_buffer);
+        curl_easy_setopt(e, CURLOPT_PRIVATE, raw);
+        std::string range;
+        if (raw->job->kind == Kind::Range) {
+            range = range_text(raw->job->offset, raw->job->offset + raw->job->length - 1);
+            curl_easy_setopt(e, CURLOPT_RANGE, range.c_str());  // curl copies strings
+        }
+        raw->added = raw->last_progress = Clock::now();
+        ++raw->job->attempts;
+        requests_.fetch_add(1, std::memory_order_relaxed);
+        if (const CURLMcode rc = curl_multi_add_handle(multi_, e); rc != CURLM_OK) {
+            release_easy(e);
+            raw->job->promise.set_value(make_error(
+                Errc::Internal, raw->job->describe() + ": curl_multi_add_handle: " + curl_multi_strerror(rc)));
+            return;
+        }
+        active_.emplace(e, std::move(t));
+    }
+
+    // Handles every transfer curl reports as done. Returns true if any was.
+    bool finish_done() {
+        bool any = false;
+        int left = 0;
+        while (CURLMsg* msg = curl_multi_info_read(multi_, &left)) {
+            if (msg->msg != CURLMSG_DONE) continue;
+            const CURLcode code = msg->data.result;
+            finish(msg->easy_handle, code);
+            any = true;
+        }
+        return any;
+    }
+
+    bool abort_stalled(Clock::time_point now) {
+        std::vector<CURL*> stalled;
+        for (const auto& [easy, t] : active_) {
+            if (now >= stall_deadline(*t)) stalled.push_back(easy);
+        }
+        for (CURL* easy : stalled) {
+            active_.at(easy)->stalled = true;
+            finish(easy, CURLE_OPERATION_TIMEDOUT);
+        }
+        return !stalled.empty();
+    }
+
+    Clock::time_point stall_deadline(const Transfer& t) const {
+        // Before the request is sent, curl's connect timeout governs; this is
+        // only a backstop in case a transfer never gets that far.
+        if (t.request_sent) return t.last_progress + options_.stall_timeout;
+        return t.added + options_.connect_timeout + options_.stall_timeout;
+    }
+
+    int poll_timeout_ms(Clock::time_point now) const {
+        auto next = now + milliseconds(1000);
+        if (!waiting_.empty()) next = std::min(next, waiting_.begin()->first);
+        for (const auto& [easy, t] : active_) next = std::min(next, stall_deadline(*t));
+        if (next <= now) return 0;
+        // Round up so we never wake a hair early and spin.
+        const auto ms = std::chrono::ceil<milliseconds>(next - now).count();
+        return static_cast<int>(ms);
+    }
+
+    void finish(CURL* easy, CURLcode code) {
+        auto node = active_.extract(easy);
+        std::unique_ptr<Transfer> t = std::move(node.mapped());
+        curl_multi_remove_handle(multi_, easy);
+        long new_connections = 0;
+        curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &new_connections);
+        connections_.fetch_add(static_cast<std::uint64_t>(std::max(new_connections, 0L)), std::memory_order_relaxed);
+        bytes_.fetch_add(t->received_total, std::memory_order_relaxed);
+
+        Outcome outcome = evaluate(*t, code, options_.stall_timeout);
+        release_easy(easy);
+        t->easy = nullptr;
+        std::unique_ptr<Job> job = std::move(t->job);
+        t.reset();
+        const std::string where = job->describe();
+        switch (outcome.action) {
+            case Outcome::Action::Succeed:
+                job->promise.set_value(std::move(outcome.body));
+                return;
+            case Outcome::Action::Fail: {
+                std::string message = where + ": " + outcome.detail;
+                if (job->attempts > 1) message += " after " + std::to_string(job->attempts) + " attempts";
+                job->promise.set_value(make_error(outcome.code, std::move(message)));
+                return;
+            }
+            case Outcome::Action::Retry:
+                break;
+        }
+        if (job->attempts > options_.max_retries) {
+            std::string message =
+                where + ": " + outcome.detail + " after " + std::to_string(job->attempts) + " attempts";
+            log::warn("http", message);
+            job->promise.set_value(make_error(outcome.code, std::move(message)));
+            return;
+        }
+        const milliseconds delay = backoff(job->attempts);
+        log::warn("http", where + ": " + outcome.detail + "; retry " + std::to_string(job->attempts) + "/" +
+                              std::to_string(options_.max_retries) + " in " + std::to_string(delay.count()) +
+                              " ms");
+        retries_.fetch_add(1, std::memory_order_relaxed);
+        waiting_.emplace(Clock::now() + delay, std::move(job));
+    }
+
+    // Delay before retry number `retry` (1-based): initial, doubling, capped.
+    milliseconds backoff(int retry) const {
+        milliseconds delay = options_.backoff_initial;
+        for (int i = 1; i < retry && delay < options_.backoff_max; ++i) delay *= 2;
+        return std::min(delay, options_.backoff_max);
+    }
+
+    void shut_down() {
+        auto fail = [](Job& job) {
+            job.promise.set_value(make_error(Errc::Network, job.describe() + ": client shutting down"));
+        };
+        for (auto& [easy, t] : active_) {
+            curl_multi_remove_handle(multi_, easy);
+            release_easy(easy);
+            fail(*t->job);
+        }
+        active_.clear();
+        for (auto& [due, job] : waiting_) fail(*job);
+        waiting_.clear();
+        for (auto& job : ready_) fail(*job);
+        ready_.clear();
+        std::vector<std::unique_ptr<Job>> jobs;
+        {
+            std::lock_guard lock(queue_mutex_);
+            jobs.swap(submitted_);
+        }
+        for (auto& job : jobs) fail(*job);
+    }
+
+    HttpOptions options_;
+    CURLM* multi_ = nullptr;  // set before the thread starts, freed after it joins
+
+    // Lock order: queue_mutex_ is a leaf; it is never held while calling curl
+    // or fulfilling a promise.
+    std::mutex queue_mutex_;
+    std::vector<std::unique_ptr<Job>> submitted_;  // guarded by queue_mutex_
+    bool stopping_ = false;                        // guarded by queue_mutex_
+
+    // I/O thread only.
+    std::deque<std::unique_ptr<Job>> ready_;
+    std::multimap<Clock::time_point, std::unique_ptr<Job>> waiting_;  // retries by due time
+    std::unordered_map<CURL*, std::unique_ptr<Transfer>> active_;
+    std::vector<CURL*> idle_;
+
+    std::atomic<std::uint64_t> requests_{0};
+    std::atomic<std::uint64_t> retries_{0};
+    std::atomic<std::uint64_t> bytes_{0};
+    std::atomic<std::uint64_t> connections_{0};
+
+    std::thread thread_;  // last: started after everything above exists
+};
+
+HttpClient::HttpClient(HttpOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+
+HttpClient::~HttpClient() = default;
+
+std::future<Result<std::string>> HttpClient::read_range(const std::string& url, std::uint64_t offset,
+                                                        std::uint64_t length) {
+    auto job = std::make_unique<Job>();
+    job->kind = Kind::Range;
+    job->url = url;
+    job->offset = offset;
+    job->length = length;
+    if (length == 0) {
+        auto future = job->promise.get_future();
+        job->promise.set_value(std::string{});
+        return future;
+    }
+    if (offset > UINT64_MAX - length || length > impl_->options_.max_body_bytes) {
+        auto future = job->promise.get_future();
+        job->promise.set_value(make_error(Errc::InvalidArgument, "GET " + url + " offset " + std::to_string(offset) +
+                                                                     " length " + std::to_string(length) +
+                                                                     ": range out of bounds"));
+        return future;
+    }
+    return impl_->submit(std::move(job));
+}
+
+std::future<Result<std::string>> HttpClient::get(const std::string& url) {
+    auto job = std::make_unique<Job>();
+    job->kind = Kind::Whole;
+    job->url = url;
+    return impl_->submit(std::move(job));
+}
+
+HttpClient::Stats HttpClient::stats() const { return impl_->stats(); }
+
+}  // namespace shelbyfs

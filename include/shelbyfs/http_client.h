@@ -24,12 +24,21 @@ struct HttpOptions {
     std::chrono::milliseconds backoff_max{5'000};    ///< ... up to this
     long max_connections = 16;                       ///< total, kept alive between requests
     std::string user_agent = "shelbyfs/0.1";
+    /// Largest body get() accepts, and largest `length` read_range() accepts;
+    /// bigger ones fail with Errc::HttpStatus / Errc::InvalidArgument, unretried.
+    std::uint64_t max_body_bytes = std::uint64_t{1} << 30;
 };
 
 /// Thread-safe. Owns one I/O thread, started in the constructor and joined in
 /// the destructor; pending requests then fail with Errc::Network. Reused
 /// keep-alive connections. Permanent failures (4xx other than 408/429, bad
 /// URL) are not retried. Errors name the URL, the range and the cause.
+///
+/// Error codes: 404 → NotFound; other unusable statuses, and a range that
+/// runs past the end of the object (416, or a short 206/200 that says so) →
+/// HttpStatus; transport failures (refused, reset, timeout, stall, short
+/// body) → Network once retries run out; malformed URL or unsupported
+/// scheme → InvalidArgument. Redirects (up to 5, http/https only) are followed.
 class HttpClient final : public BlobReader {
 public:
     explicit HttpClient(HttpOptions options = {});
@@ -51,6 +60,7 @@ public:
         std::uint64_t requests = 0;  ///< attempts sent, retries included
         std::uint64_t retries = 0;
         std::uint64_t bytes = 0;  ///< body bytes received
+        std::uint64_t connections = 0;  ///< new connections opened (not reused)
     };
     Stats stats() const;
 

@@ -1,4 +1,530 @@
+// HttpClient against the in-process loopback TestServer: ranges, retries, faults.
 #include <doctest/doctest.h>
+
+#include <chrono>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shelbyfs/http_client.h"
+#include "test_server.h"
+
+using namespace std::chrono_literals;
+using shelbyfs::Errc;
+using shelbyfs::HttpClient;
+using shelbyfs::HttpOptions;
+using shelbyfs::Result;
+using shelbyfs::test::Fault;
+using shelbyfs::test::TestServer;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Deterministic, position-dependent bytes, so a shifted slice never matches.
+std::string pattern(std::size_t size, unsigned seed = 7) {
+    std::string s(size, '\0');
+    for (std::size_t i = 0; i < size; ++i) s[i] = static_cast<char>((i * 131 + i / 251 + seed) & 0xff);
+    return s;
+}
+
+// Options that keep failing tests quick.
+HttpOptions fast_options() {
+    HttpOptions o;
+    o.connect_timeout = 2000ms;
+    o.stall_timeout = 2000ms;
+    o.max_retries = 3;
+    o.backoff_initial = 10ms;
+    o.backoff_max = 40ms;
+    return o;
+}
+
+// Waits, bounded, for a future; a timeout fails the test instead of hanging it.
+Result<std::string> wait(std::future<Result<std::string>> f, std::chrono::milliseconds limit = 5000ms) {
+    if (f.wait_for(limit) != std::future_status::ready) {
+        FAIL("request did not complete within " << limit.count() << " ms");
+    }
+    return f.get();
+}
+
+bool contains(const std::string& haystack, const std::string& needle) {
+    return haystack.find(needle) != std::string::npos;
+}
+
+}  // namespace
+
 TEST_SUITE("http_client") {
-TEST_CASE("placeholder") { CHECK(true); }
+    TEST_CASE("range read returns exactly the requested bytes") {
+        TestServer server;
+        const std::string data = pattern(1000);
+        server.put("/obj", data);
+        HttpClient client(fast_options());
+        const std::vector<std::pair<std::uint64_t, std::uint64_t>> cases = {
+            {0, 1}, {0, 1000}, {999, 1}, {500, 123}, {1, 998}, {998, 2}};
+        for (const auto& range : cases) {
+            const std::uint64_t offset = range.first;
+            const std::uint64_t length = range.second;
+            CAPTURE(offset);
+            CAPTURE(length);
+            auto r = wait(client.read_range(server.url("/obj"), offset, length));
+            REQUIRE_MESSAGE(r.ok(), r.error().message);
+            CHECK(r.value() == data.substr(offset, length));
+            CHECK(server.last_range("/obj") ==
+                  "bytes=" + std::to_string(offset) + "-" + std::to_string(offset + length - 1));
+        }
+        CHECK(server.requests("/obj") == static_cast<int>(cases.size()));
+        const auto stats = client.stats();
+        CHECK(stats.requests == cases.size());
+        CHECK(stats.retries == 0);
+        CHECK(stats.bytes == 1 + 1000 + 1 + 123 + 998 + 2);
+    }
+
+    TEST_CASE("range running past the end of the object is a permanent error") {
+        TestServer server;
+        server.put("/obj", pattern(1000));
+        HttpClient client(fast_options());
+        SUBCASE("partly past the end (short 206)") {
+            auto r = wait(client.read_range(server.url("/obj"), 990, 20));
+            REQUIRE_FALSE(r.ok());
+            CHECK(r.error().code == Errc::HttpStatus);
+            CHECK(contains(r.error().message, "GET " + server.url("/obj") + " bytes=990-1009: "));
+            CHECK(contains(r.error().message, "past the end of the object (1000 bytes)"));
+        }
+        SUBCASE("entirely past the end (416)") {
+            auto r = wait(client.read_range(server.url("/obj"), 1000, 1));
+            REQUIRE_FALSE(r.ok());
+            CHECK(r.error().code == Errc::HttpStatus);
+            CHECK(contains(r.error().message, server.url("/obj") + " bytes=1000-1000: HTTP 416"));
+        }
+        SUBCASE("server ignores Range and the object is too short") {
+            server.set_fault("/obj", Fault::IgnoreRange);
+            auto r = wait(client.read_range(server.url("/obj"), 990, 20));
+            REQUIRE_FALSE(r.ok());
+            CHECK(r.error().code == Errc::HttpStatus);
+            CHECK(contains(r.error().message, "(1000 bytes) ends before the range"));
+        }
+        CHECK(server.requests("/obj") == 1);
+    }
+
+    TEST_CASE("zero-length range completes at once without a request") {
+        TestServer server;
+        HttpClient client(fast_options());
+        auto f = client.read_range(server.url("/obj"), 5, 0);
+        REQUIRE(f.wait_for(0ms) == std::future_status::ready);
+        auto r = f.get();
+        REQUIRE(r.ok());
+        CHECK(r.value().empty());
+        CHECK(server.requests("/obj") == 0);
+        CHECK(client.stats().requests == 0);
+    }
+
+    TEST_CASE("concurrent range reads from many threads all return the right bytes") {
+        TestServer server;
+        const std::string data = pattern(1 << 20);
+        server.put("/big", data);
+        HttpOptions options = fast_options();
+        options.max_connections = 4;  // fewer slots than requests: exercises the queue
+        HttpClient client(options);
+        constexpr int kThreads = 8;
+        constexpr int kPerThread = 8;
+        std::vector<int> wrong(kThreads, 0);
+        std::vector<std::thread> threads;
+        for (int t = 0; t < kThreads; ++t) {
+            threads.emplace_back([&, t] {
+                std::mt19937_64 rng(static_cast<std::uint64_t>(1234 + t));
+                std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+                std::vector<std::future<Result<std::string>>> futures;
+                for (int i = 0; i < kPerThread; ++i) {
+                    const std::uint64_t length = 1 + rng() % 65536;
+                    const std::uint64_t offset = rng() % (data.size() - length + 1);
+                    ranges.emplace_back(offset, length);
+                    futures.push_back(client.read_range(server.url("/big"), offset, length));
+                }
+                for (int i = 0; i < kPerThread; ++i) {
+                    const auto i_ = static_cast<std::size_t>(i);
+                    if (futures[i_].wait_for(10s) != std::future_status::ready) {
+                        ++wrong[static_cast<std::size_t>(t)];
+                        continue;
+                    }
+                    auto r = futures[i_].get();
+                    if (!r.ok() || r.value() != data.substr(ranges[i_].first, ranges[i_].second)) {
+                        ++wrong[static_cast<std::size_t>(t)];
+                    }
+                }
+            });
+        }
+        for (auto& th : threads) th.join();
+        for (int t = 0; t < kThreads; ++t) CHECK(wrong[static_cast<std::size_t>(t)] == 0);
+        CHECK(server.requests("/big") == kThreads * kPerThread);
+        CHECK(client.stats().retries == 0);
+        CHECK(server.connections() <= 4);
+    }
+
+    TEST_CASE("transient status is retried and then succeeds") {
+        TestServer server;
+        const std::string data = pattern(4096);
+        server.put("/obj", data);
+        int status = 0;
+        SUBCASE("503") { status = 503; }
+        SUBCASE("429") { status = 429; }
+        SUBCASE("500") { status = 500; }
+        SUBCASE("408") { status = 408; }
+        CAPTURE(status);
+        server.set_fault("/obj", Fault::Status, 2, status);
+        HttpClient client(fast_options());
+        auto r = wait(client.read_range(server.url("/obj"), 100, 200));
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        CHECK(r.value() == data.substr(100, 200));
+        CHECK(server.requests("/obj") == 3);
+        CHECK(client.stats().requests == 3);
+        CHECK(client.stats().retries == 2);
+    }
+
+    TEST_CASE("exhausted retries give an error naming the URL, range, status and attempts") {
+        TestServer server;
+        server.put("/obj", pattern(100));
+        server.set_fault("/obj", Fault::Status, -1, 503);
+        HttpOptions options = fast_options();
+        options.max_retries = 2;
+        HttpClient client(options);
+        auto r = wait(client.read_range(server.url("/obj"), 0, 10));
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::HttpStatus);
+        CHECK(r.error().message == "GET " + server.url("/obj") + " bytes=0-9: HTTP 503 after 3 attempts");
+        CHECK(server.requests("/obj") == 3);
+        CHECK(client.stats().retries == 2);
+    }
+
+    TEST_CASE("retries back off exponentially up to the cap") {
+        TestServer server;
+        server.put("/obj", pattern(100));
+        server.set_fault("/obj", Fault::Status, 4, 503);
+        HttpOptions options = fast_options();
+        options.max_retries = 4;
+        options.backoff_initial = 40ms;
+        options.backoff_max = 100ms;
+        HttpClient client(options);
+        const auto start = Clock::now();
+        auto r = wait(client.read_range(server.url("/obj"), 0, 10));
+        const auto elapsed = Clock::now() - start;
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        CHECK(server.requests("/obj") == 5);
+        // 40 + 80 + 100 + 100 ms of backoff, and not wildly more.
+        CHECK(elapsed >= 320ms);
+        CHECK(elapsed < 2000ms);
+    }
+
+    TEST_CASE("404 is not retried and names the URL") {
+        TestServer server;
+        HttpClient client(fast_options());
+        SUBCASE("read_range") {
+            auto r = wait(client.read_range(server.url("/missing"), 0, 10));
+            REQUIRE_FALSE(r.ok());
+            CHECK(r.error().code == Errc::NotFound);
+            CHECK(r.error().message == "GET " + server.url("/missing") + " bytes=0-9: HTTP 404 (not found)");
+        }
+        SUBCASE("get") {
+            auto r = wait(client.get(server.url("/missing")));
+            REQUIRE_FALSE(r.ok());
+            CHECK(r.error().code == Errc::NotFound);
+            CHECK(r.error().message == "GET " + server.url("/missing") + ": HTTP 404 (not found)");
+        }
+        CHECK(server.requests("/missing") == 1);
+        CHECK(client.stats().retries == 0);
+    }
+
+    TEST_CASE("other 4xx is permanent") {
+        TestServer server;
+        server.put("/obj", pattern(100));
+        server.set_fault("/obj", Fault::Status, -1, 403);
+        HttpClient client(fast_options());
+        auto r = wait(client.read_range(server.url("/obj"), 0, 10));
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::HttpStatus);
+        CHECK(r.error().message == "GET " + server.url("/obj") + " bytes=0-9: HTTP 403");
+        CHECK(server.requests("/obj") == 1);
+    }
+
+    TEST_CASE("short body is retried") {
+        TestServer server;
+        const std::string data = pattern(100000);
+        server.put("/obj", data);
+        server.set_fault("/obj", Fault::ShortBody, 2);
+        HttpClient client(fast_options());
+        SUBCASE("read_range") {
+            auto r = wait(client.read_range(server.url("/obj"), 1000, 50000));
+            REQUIRE_MESSAGE(r.ok(), r.error().message);
+            CHECK(r.value() == data.substr(1000, 50000));
+        }
+        SUBCASE("get") {
+            auto r = wait(client.get(server.url("/obj")));
+            REQUIRE_MESSAGE(r.ok(), r.error().message);
+            CHECK(r.value() == data);
+        }
+        CHECK(server.requests("/obj") == 3);
+        CHECK(client.stats().retries == 2);
+    }
+
+    TEST_CASE("short body on every attempt is a Network error") {
+        TestServer server;
+        server.put("/obj", pattern(1000));
+        server.set_fault("/obj", Fault::ShortBody, -1);
+        HttpOptions options = fast_options();
+        options.max_retries = 1;
+        HttpClient client(options);
+        auto r = wait(client.read_range(server.url("/obj"), 0, 1000));
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::Network);
+        CHECK(contains(r.error().message, "GET " + server.url("/obj") + " bytes=0-999: "));
+        CHECK(contains(r.error().message, " after 2 attempts"));
+        CHECK(server.requests("/obj") == 2);
+    }
+
+    TEST_CASE("stalled transfer times out and is retried") {
+        TestServer server;
+        const std::string data = pattern(5000);
+        server.put("/obj", data);
+        server.set_fault("/obj", Fault::Stall, 1);
+        HttpOptions options = fast_options();
+        options.stall_timeout = 300ms;
+        HttpClient client(options);
+        const auto start = Clock::now();
+        auto r = wait(client.read_range(server.url("/obj"), 10, 4000));
+        const auto elapsed = Clock::now() - start;
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        CHECK(r.value() == data.substr(10, 4000));
+        CHECK(server.requests("/obj") == 2);
+        CHECK(elapsed >= 300ms);
+        CHECK(elapsed < 1500ms);
+    }
+
+    TEST_CASE("stall on every attempt is a Network error that says so") {
+        TestServer server;
+        server.put("/obj", pattern(5000));
+        server.set_fault("/obj", Fault::Stall, -1);
+        HttpOptions options = fast_options();
+        options.stall_timeout = 200ms;
+        options.max_retries = 1;
+        HttpClient client(options);
+        auto r = wait(client.get(server.url("/obj")));
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::Network);
+        CHECK(r.error().message ==
+              "GET " + server.url("/obj") + ": stalled: no data for 200 ms after 2 attempts");
+        CHECK(server.requests("/obj") == 2);
+    }
+
+    TEST_CASE("200 answer ignoring Range is sliced to the requested bytes") {
+        TestServer server;
+        const std::string data = pattern(300000);
+        server.put("/obj", data);
+        server.set_fault("/obj", Fault::IgnoreRange);
+        HttpClient client(fast_options());
+        const std::vector<std::pair<std::uint64_t, std::uint64_t>> cases = {
+            {0, 1}, {0, 300000}, {299999, 1}, {12345, 100000}, {100, 50}};
+        for (const auto& range : cases) {
+            const std::uint64_t offset = range.first;
+            const std::uint64_t length = range.second;
+            CAPTURE(offset);
+            CAPTURE(length);
+            auto r = wait(client.read_range(server.url("/obj"), offset, length));
+            REQUIRE_MESSAGE(r.ok(), r.error().message);
+            CHECK(r.value().size() == length);
+            CHECK(r.value() == data.substr(offset, length));
+        }
+        CHECK(server.requests("/obj") == static_cast<int>(cases.size()));
+        CHECK(client.stats().retries == 0);
+    }
+
+    TEST_CASE("206 with the wrong Content-Range is retried") {
+        TestServer server;
+        const std::string data = pattern(1000);
+        server.put("/obj", data);
+        SUBCASE("wrong start") { server.set_fault("/obj", Fault::WrongContentRange, 1); }
+        SUBCASE("one byte too many") { server.set_fault("/obj", Fault::ExtraByte, 1); }
+        HttpClient client(fast_options());
+        auto r = wait(client.read_range(server.url("/obj"), 200, 100));
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        CHECK(r.value() == data.substr(200, 100));
+        CHECK(server.requests("/obj") == 2);
+        CHECK(client.stats().retries == 1);
+    }
+
+    TEST_CASE("206 with the wrong Content-Range every time is an error naming both ranges") {
+        TestServer server;
+        server.put("/obj", pattern(1000));
+        server.set_fault("/obj", Fault::WrongContentRange);
+        HttpOptions options = fast_options();
+        options.max_retries = 1;
+        HttpClient client(options);
+        auto r = wait(client.read_range(server.url("/obj"), 200, 100));
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::HttpStatus);
+        CHECK(r.error().message == "GET " + server.url("/obj") +
+                                       " bytes=200-299: HTTP 206 with Content-Range 'bytes 201-300/1000', "
+                                       "expected bytes 200-299 after 2 attempts");
+    }
+
+    TEST_CASE("connection refused fails quickly and names the URL") {
+        const std::string url = "http://127.0.0.1:" + std::to_string(shelbyfs::test::unused_port()) + "/obj";
+        HttpOptions options = fast_options();
+        options.max_retries = 2;
+        HttpClient client(options);
+        const auto start = Clock::now();
+        auto r = wait(client.read_range(url, 0, 10));
+        const auto elapsed = Clock::now() - start;
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::Network);
+        CHECK(contains(r.error().message, "GET " + url + " bytes=0-9: "));
+        CHECK(contains(r.error().message, "after 3 attempts"));
+        CHECK(client.stats().requests == 3);
+        CHECK(elapsed < 1000ms);
+    }
+
+    TEST_CASE("malformed URL is a permanent InvalidArgument error") {
+        HttpClient client(fast_options());
+        SUBCASE("unsupported scheme") {
+            auto r = wait(client.get("gopher://127.0.0.1/x"));
+            REQUIRE_FALSE(r.ok());
+            CHECK(r.error().code == Errc::InvalidArgument);
+            CHECK(contains(r.error().message, "GET gopher://127.0.0.1/x: "));
+        }
+        SUBCASE("garbage") {
+            auto r = wait(client.read_range("http://[::1/x", 0, 1));
+            REQUIRE_FALSE(r.ok());
+            CHECK(r.error().code == Errc::InvalidArgument);
+            CHECK(contains(r.error().message, "GET http://[::1/x bytes=0-0: "));
+        }
+        CHECK(client.stats().requests == 1);
+        CHECK(client.stats().retries == 0);
+    }
+
+    TEST_CASE("get returns the whole object") {
+        TestServer server;
+        HttpClient client(fast_options());
+        SUBCASE("large") {
+            const std::string data = pattern(3 << 20);
+            server.put("/manifest.json", data);
+            auto r = wait(client.get(server.url("/manifest.json")));
+            REQUIRE_MESSAGE(r.ok(), r.error().message);
+            CHECK(r.value() == data);
+            CHECK(server.last_range("/manifest.json").empty());
+        }
+        SUBCASE("empty") {
+            server.put("/manifest.json", "");
+            auto r = wait(client.get(server.url("/manifest.json")));
+            REQUIRE_MESSAGE(r.ok(), r.error().message);
+            CHECK(r.value().empty());
+        }
+        CHECK(server.requests("/manifest.json") == 1);
+    }
+
+    TEST_CASE("get of a body above max_body_bytes fails without retry") {
+        TestServer server;
+        server.put("/obj", pattern(10000));
+        HttpOptions options = fast_options();
+        options.max_body_bytes = 4096;
+        HttpClient client(options);
+        auto r = wait(client.get(server.url("/obj")));
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::HttpStatus);
+        CHECK(r.error().message == "GET " + server.url("/obj") + ": body larger than the 4096-byte limit");
+        CHECK(server.requests("/obj") == 1);
+    }
+
+    TEST_CASE("sequential requests reuse keep-alive connections") {
+        TestServer server;
+        const std::string data = pattern(10000);
+        server.put("/obj", data);
+        HttpClient client(fast_options());
+        for (int i = 0; i < 50; ++i) {
+            const auto offset = static_cast<std::uint64_t>(i * 100);
+            auto r = wait(client.read_range(server.url("/obj"), offset, 100));
+            REQUIRE_MESSAGE(r.ok(), r.error().message);
+            CHECK(r.value() == data.substr(offset, 100));
+        }
+        CHECK(server.requests("/obj") == 50);
+        CHECK(server.connections() <= 2);
+        CHECK(client.stats().connections == static_cast<std::uint64_t>(server.connections()));
+    }
+
+    TEST_CASE("a retry waiting for its backoff does not block other transfers") {
+        TestServer server;
+        server.put("/slow", pattern(100));
+        server.put("/fast", pattern(100, 3));
+        server.set_fault("/slow", Fault::Status, -1, 503);
+        HttpOptions options = fast_options();
+        options.max_retries = 1;
+        options.backoff_initial = 3000ms;
+        options.backoff_max = 3000ms;
+        HttpClient client(options);
+        auto slow = client.read_range(server.url("/slow"), 0, 10);
+        // Wait until the first attempt has failed and the retry is parked.
+        for (int i = 0; i < 200 && client.stats().retries == 0; ++i) std::this_thread::sleep_for(5ms);
+        REQUIRE(client.stats().retries == 1);
+        const auto start = Clock::now();
+        auto r = wait(client.read_range(server.url("/fast"), 5, 20), 1000ms);
+        CHECK(Clock::now() - start < 500ms);
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        CHECK(r.value() == pattern(100, 3).substr(5, 20));
+        CHECK(slow.wait_for(0ms) == std::future_status::timeout);
+        CHECK(server.requests("/slow") == 1);
+    }
+
+    TEST_CASE("destroying the client fails every pending request") {
+        const int fds_before = shelbyfs::test::open_fd_count();
+        {
+            TestServer server;
+            server.put("/stall", pattern(100));
+            server.put("/busy", pattern(100));
+            server.set_fault("/stall", Fault::Stall);
+            server.set_fault("/busy", Fault::Status, -1, 503);
+            std::vector<std::future<Result<std::string>>> futures;
+            {
+                HttpOptions options = fast_options();
+                options.stall_timeout = 10s;
+                options.backoff_initial = 10s;
+                options.backoff_max = 10s;
+                options.max_connections = 3;
+                HttpClient client(options);
+                // One request parked for a retry, three in flight, one queued.
+                futures.push_back(client.read_range(server.url("/busy"), 0, 10));
+                for (int i = 0; i < 400 && client.stats().retries == 0; ++i) std::this_thread::sleep_for(5ms);
+                REQUIRE(client.stats().retries == 1);
+                for (int i = 0; i < 4; ++i) futures.push_back(client.read_range(server.url("/stall"), 0, 10));
+                for (int i = 0; i < 400 && server.requests("/stall") < 3; ++i) std::this_thread::sleep_for(5ms);
+                REQUIRE(server.requests("/stall") == 3);
+            }
+            for (auto& f : futures) {
+                REQUIRE(f.wait_for(0ms) == std::future_status::ready);
+                auto r = f.get();
+                REQUIRE_FALSE(r.ok());
+                CHECK(r.error().code == Errc::Network);
+                CHECK(r.error().message == "GET " + server.url(r.error().message.find("/busy") != std::string::npos
+                                                                   ? "/busy"
+                                                                   : "/stall") +
+                                               " bytes=0-9: client shutting down");
+            }
+            CHECK(server.requests("/stall") == 3);
+            CHECK(server.requests("/busy") == 1);
+        }
+        CHECK(shelbyfs::test::open_fd_count() == fds_before);
+    }
+
+    TEST_CASE("client and server leave no file descriptors behind") {
+        const int fds_before = shelbyfs::test::open_fd_count();
+        {
+            TestServer server;
+            server.put("/obj", pattern(1000));
+            server.set_fault("/obj", Fault::ShortBody, 1);
+            HttpClient client(fast_options());
+            auto r = wait(client.read_range(server.url("/obj"), 0, 1000));
+            REQUIRE(r.ok());
+            auto g = wait(client.get(server.url("/obj")));
+            REQUIRE(g.ok());
+        }
+        CHECK(shelbyfs::test::open_fd_count() == fds_before);
+    }
 }

@@ -1,1 +1,347 @@
-// stub
+// TestServer: loopback HTTP/1.1 server with Range and fault injection.
+#include "test_server.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <string_view>
+
+namespace shelbyfs::test {
+
+namespace {
+
+[[noreturn]] void die(const char* what) {
+    std::perror(what);
+    std::abort();
+}
+
+bool send_all(int fd, std::string_view data) {
+    while (!data.empty()) {
+        const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return false;
+        }
+        data.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return true;
+}
+
+std::string lower(std::string_view s) {
+    std::string out(s);
+    for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+}
+
+std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+    return s;
+}
+
+struct ByteRange {
+    std::uint64_t first = 0;
+    std::uint64_t last = 0;  // inclusive; clipped to the object
+    bool satisfiable = true;
+};
+
+// Parses a single "bytes=a-b", "bytes=a-" or "bytes=-n" against `size`.
+// nullopt means "no usable Range header": serve the whole object.
+std::optional<ByteRange> parse_range(std::string_view header, std::uint64_t size) {
+    if (header.substr(0, 6) != "bytes=") return std::nullopt;
+    header.remove_prefix(6);
+    if (header.find(',') != std::string_view::npos) return std::nullopt;
+    const auto dash = header.find('-');
+    if (dash == std::string_view::npos) return std::nullopt;
+    const auto a = header.substr(0, dash);
+    const auto b = header.substr(dash + 1);
+    std::uint64_t first = 0;
+    std::uint64_t last = 0;
+    if (a.empty()) {
+        std::uint64_t n = 0;
+        if (std::from_chars(b.data(), b.data() + b.size(), n).ec != std::errc{} || n == 0) return std::nullopt;
+        if (size == 0) return ByteRange{0, 0, false};
+        first = n >= size ? 0 : size - n;
+        return ByteRange{first, size - 1, true};
+    }
+    if (std::from_chars(a.data(), a.data() + a.size(), first).ec != std::errc{}) return std::nullopt;
+    if (b.empty()) {
+        last = size == 0 ? 0 : size - 1;
+    } else if (std::from_chars(b.data(), b.data() + b.size(), last).ec != std::errc{} || last < first) {
+        return std::nullopt;
+    }
+    if (first >= size) return ByteRange{first, last, false};
+    return ByteRange{first, std::min(last, size - 1), true};
+}
+
+const char* reason(int status) {
+    switch (status) {
+        case 200: return "OK";
+        case 206: return "Partial Content";
+        case 404: return "Not Found";
+        case 408: return "Request Timeout";
+        case 416: return "Range Not Satisfiable";
+        case 429: return "Too Many Requests";
+        case 500: return "Internal Server Error";
+        case 502: return "Bad Gateway";
+        case 503: return "Service Unavailable";
+        default: return "Whatever";
+    }
+}
+
+std::string head(int status, std::uint64_t content_length, const std::string& extra = {}) {
+    return "HTTP/1.1 " + std::to_string(status) + " " + reason(status) + "\r\nContent-Length: " +
+           std::to_string(content_length) + "\r\nAccept-Ranges: bytes\r\n" + extra + "\r\n";
+}
+
+std::string content_range(std::uint64_t first, std::uint64_t last, std::uint64_t size) {
+    return "Content-Range: bytes " + std::to_string(first) + "-" + std::to_string(last) + "/" +
+           std::to_string(size) + "\r\n";
+}
+
+}  // namespace
+
+TestServer::TestServer() {
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (listen_fd_ < 0) die("test_server: socket");
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = 0;
+    if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) die("test_server: bind");
+    if (::listen(listen_fd_, 128) != 0) die("test_server: listen");
+    socklen_t len = sizeof addr;
+    if (::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) die("test_server: getsockname");
+    port_ = ntohs(addr.sin_port);
+    accept_thread_ = std::thread([this] { accept_loop(); });
+}
+
+TestServer::~TestServer() {
+    stopping_ = true;
+    // shutdown() wakes a thread blocked in accept() or recv() on Linux.
+    ::shutdown(listen_fd_, SHUT_RDWR);
+    accept_thread_.join();
+    ::close(listen_fd_);
+    {
+        std::lock_guard lock(mutex_);
+        for (auto& c : conns_) {
+            if (c->fd >= 0) ::shutdown(c->fd, SHUT_RDWR);
+        }
+    }
+    // The accept thread is gone, so conns_ no longer grows; join unlocked
+    // because each connection thread takes mutex_ to close its fd.
+    for (auto& c : conns_) c->thread.join();
+}
+
+std::string TestServer::url(const std::string& path) const {
+    return "http://127.0.0.1:" + std::to_string(port_) + path;
+}
+
+void TestServer::put(const std::string& path, std::string body) {
+    std::lock_guard lock(mutex_);
+    objects_[path] = std::move(body);
+}
+
+void TestServer::set_fault(const std::string& path, Fault fault, int count, int status) {
+    std::lock_guard lock(mutex_);
+    faults_[path] = FaultState{fault, count, status};
+}
+
+int TestServer::requests(const std::string& path) const {
+    std::lock_guard lock(mutex_);
+    const auto it = requests_.find(path);
+    return it == requests_.end() ? 0 : it->second;
+}
+
+std::string TestServer::last_range(const std::string& path) const {
+    std::lock_guard lock(mutex_);
+    const auto it = last_range_.find(path);
+    return it == last_range_.end() ? std::string{} : it->second;
+}
+
+void TestServer::accept_loop() {
+    for (;;) {
+        const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (stopping_) return;
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            return;
+        }
+        if (stopping_) {
+            ::close(fd);
+            return;
+        }
+        const int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        ++connections_;
+        std::lock_guard lock(mutex_);
+        auto conn = std::make_unique<Connection>();
+        conn->fd = fd;
+        Connection* raw = conn.get();
+        conns_.push_back(std::move(conn));
+        raw->thread = std::thread([this, raw] {
+            serve(raw->fd);
+            std::lock_guard inner(mutex_);
+            ::close(raw->fd);
+            raw->fd = -1;
+        });
+    }
+}
+
+void TestServer::serve(int fd) {
+    std::string buffer;
+    char chunk[4096];
+    for (;;) {
+        const auto end = buffer.find("\r\n\r\n");
+        if (end != std::string::npos) {
+            const std::string request = buffer.substr(0, end + 4);
+            buffer.erase(0, end + 4);
+            if (!handle(fd, request)) return;
+            continue;
+        }
+        const ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+        buffer.append(chunk, static_cast<std::size_t>(n));
+    }
+}
+
+bool TestServer::handle(int fd, const std::string& request) {
+    // Request line: "GET /path HTTP/1.1".
+    const auto line_end = request.find("\r\n");
+    const std::string_view line(request.data(), line_end);
+    const auto sp1 = line.find(' ');
+    const auto sp2 = line.find(' ', sp1 + 1);
+    if (sp1 == std::string_view::npos || sp2 == std::string_view::npos) return false;
+    const std::string method(line.substr(0, sp1));
+    const std::string path(line.substr(sp1 + 1, sp2 - sp1 - 1));
+
+    std::string range_header;
+    bool close_after = false;
+    std::size_t pos = line_end + 2;
+    while (pos < request.size()) {
+        const auto eol = request.find("\r\n", pos);
+        if (eol == std::string::npos || eol == pos) break;
+        const std::string_view h(request.data() + pos, eol - pos);
+        pos = eol + 2;
+        const auto colon = h.find(':');
+        if (colon == std::string_view::npos) continue;
+        const std::string name = lower(h.substr(0, colon));
+        const std::string_view value = trim(h.substr(colon + 1));
+        if (name == "range") range_header = std::string(value);
+        if (name == "connection" && lower(value) == "close") close_after = true;
+    }
+
+    std::optional<std::string> object;
+    FaultState fault;
+    {
+        std::lock_guard lock(mutex_);
+        ++requests_[path];
+        last_range_[path] = range_header;
+        if (const auto it = objects_.find(path); it != objects_.end()) object = it->second;
+        if (auto it = faults_.find(path); it != faults_.end() && it->second.fault != Fault::None &&
+                                          it->second.remaining != 0) {
+            fault = it->second;
+            if (it->second.remaining > 0) --it->second.remaining;
+        }
+    }
+
+    if (method != "GET") {
+        const std::string body = "only GET\n";
+        return send_all(fd, head(405, body.size()) + body) && !close_after;
+    }
+    if (fault.fault == Fault::Status) {
+        const std::string body = "injected fault\n";
+        return send_all(fd, head(fault.status, body.size()) + body) && !close_after;
+    }
+    if (!object) {
+        const std::string body = "not found\n";
+        return send_all(fd, head(404, body.size()) + body) && !close_after;
+    }
+    const std::string& data = *object;
+    const std::uint64_t size = data.size();
+    std::optional<ByteRange> range;
+    if (!range_header.empty() && fault.fault != Fault::IgnoreRange) range = parse_range(range_header, size);
+
+    if (range && !range->satisfiable) {
+        return send_all(fd, head(416, 0, "Content-Range: bytes */" + std::to_string(size) + "\r\n")) && !close_after;
+    }
+
+    std::string headers;
+    std::string body;
+    if (!range) {
+        headers = head(200, size);
+        body = data;
+    } else {
+        const std::uint64_t len = range->last - range->first + 1;
+        switch (fault.fault) {
+            case Fault::WrongContentRange: {
+                const std::uint64_t first = range->first + 1;
+                body = first < size ? data.substr(first, len) : std::string{};
+                body.resize(len, 'x');
+                headers = head(206, len, content_range(first, first + len - 1, std::max(size, first + len)));
+                break;
+            }
+            case Fault::ExtraByte:
+                body = data.substr(range->first, len) + "x";
+                headers = head(206, len + 1, content_range(range->first, range->last, size));
+                break;
+            default:
+                body = data.substr(range->first, len);
+                headers = head(206, len, content_range(range->first, range->last, size));
+                break;
+        }
+    }
+
+    switch (fault.fault) {
+        case Fault::ShortBody:
+            send_all(fd, headers + body.substr(0, body.size() / 2));
+            return false;
+        case Fault::Stall: {
+            if (!send_all(fd, headers)) return false;
+            // Wait for the client to give up (or the server to stop).
+            char sink[256];
+            while (::recv(fd, sink, sizeof sink, 0) > 0) {
+            }
+            return false;
+        }
+        default:
+            return send_all(fd, headers + body) && !close_after;
+    }
+}
+
+std::uint16_t unused_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("unused_port: socket");
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) die("unused_port: bind");
+    socklen_t len = sizeof addr;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) die("unused_port: getsockname");
+    ::close(fd);  // bound but never listened: connecting is refused
+    return ntohs(addr.sin_port);
+}
+
+int open_fd_count() {
+    int count = 0;
+    DIR* dir = ::opendir("/proc/self/fd");
+    if (dir == nullptr) return -1;
+    while (const dirent* entry = ::readdir(dir)) {
+        if (entry->d_name[0] != '.') ++count;
+    }
+    ::closedir(dir);
+    return count - 1;  // the DIR's own descriptor
+}
+
+}  // namespace shelbyfs::test

@@ -1,0 +1,97 @@
+// TestServer: an in-process loopback HTTP/1.1 server with Range support and
+// per-path fault injection, for the http test tier.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace shelbyfs::test {
+
+/// What the server does wrong for a path.
+enum class Fault {
+    None,
+    Status,             ///< answer `status` (e.g. 503, 429) with a small body
+    ShortBody,          ///< send headers with the full Content-Length, half the body, then close
+    Stall,              ///< send headers, then nothing until the client hangs up
+    IgnoreRange,        ///< answer 200 with the whole object, whatever the Range
+    WrongContentRange,  ///< answer 206 with a Content-Range (and bytes) shifted by one
+    ExtraByte,          ///< answer 206 with the right Content-Range but one byte too many
+};
+
+/// Serves registered in-memory objects on 127.0.0.1 at a kernel-chosen port.
+/// GET only; `Range: bytes=a-b` or `bytes=a-` gives 206 with Content-Range and
+/// an exact Content-Length, no Range gives 200, a start at or past the end
+/// gives 416, unknown paths give 404. Connections are kept alive.
+///
+/// Thread-safe: objects and faults may be changed and counters read from any
+/// thread while requests are served. One accept thread plus one thread per
+/// connection, all stopped and joined in the destructor (which shuts down
+/// every socket first, so stalled connections end too).
+class TestServer {
+public:
+    TestServer();
+    ~TestServer();
+    TestServer(const TestServer&) = delete;
+    TestServer& operator=(const TestServer&) = delete;
+
+    std::uint16_t port() const { return port_; }
+    /// "http://127.0.0.1:<port>" + path (path starts with '/').
+    std::string url(const std::string& path) const;
+
+    /// Serve `body` at `path` (replacing any previous object there).
+    void put(const std::string& path, std::string body);
+    /// Misbehave for the next `count` requests of `path` (-1: forever).
+    /// `status` is used by Fault::Status only.
+    void set_fault(const std::string& path, Fault fault, int count = -1, int status = 503);
+
+    /// Requests received for `path` (faulty ones included).
+    int requests(const std::string& path) const;
+    /// The Range header of the last request for `path` ("" if none).
+    std::string last_range(const std::string& path) const;
+    /// TCP connections accepted so far.
+    int connections() const { return connections_.load(); }
+
+private:
+    struct FaultState {
+        Fault fault = Fault::None;
+        int remaining = 0;  // -1 = forever
+        int status = 503;
+    };
+    struct Connection {
+        int fd = -1;
+        std::thread thread;
+    };
+
+    void accept_loop();
+    void serve(int fd);
+    // Handles one request; returns false when the connection must close.
+    bool handle(int fd, const std::string& request);
+
+    int listen_fd_ = -1;
+    std::uint16_t port_ = 0;
+    std::atomic<bool> stopping_{false};
+    std::atomic<int> connections_{0};
+
+    mutable std::mutex mutex_;  // guards everything below; never held across socket I/O
+    std::map<std::string, std::string> objects_;
+    std::map<std::string, FaultState> faults_;
+    std::map<std::string, int> requests_;
+    std::map<std::string, std::string> last_range_;
+    std::vector<std::unique_ptr<Connection>> conns_;
+
+    std::thread accept_thread_;
+};
+
+/// A port on 127.0.0.1 with nothing listening (bound, then closed).
+std::uint16_t unused_port();
+
+/// Number of open file descriptors of this process, for leak checks.
+int open_fd_count();
+
+}  // namespace shelbyfs::test
