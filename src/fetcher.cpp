@@ -54,7 +54,12 @@ Result<BlockPtr> Fetcher::verify_or_refetch(const BlockKey& key, std::future<Res
         Result<std::string> data = attempt.get();
         if (!data) {
             log::error("fetch", o.name + " " + range + ": " + data.error().message);
-            return std::move(data).error();
+            // The object is named by the manifest, so "not found" or "bad
+            // request" from the store is an I/O failure of this read (EIO),
+            // not a missing file (ENOENT) or a caller error (EINVAL).
+            Error e = std::move(data).error();
+            if (e.code == Errc::NotFound || e.code == Errc::InvalidArgument) e.code = Errc::Io;
+            return e;
         }
         bytes_fetched_.fetch_add(data->size(), std::memory_order_relaxed);
         ContentHash got = ContentHash::of(*data);

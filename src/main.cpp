@@ -145,6 +145,9 @@ int run_mount(const cli::MountCommand& cmd) {
     };
 
     log::set_level(cmd.debug ? log::Level::Debug : log::Level::Info);
+    // A daemon without a log file discards its log once detached; before
+    // that, start-up must print only the one message that says what failed.
+    if (daemon && log_file.empty() && !cmd.debug) log::set_level(log::Level::Error);
     if (!log_file.empty() && !log::set_file(log_file.c_str()))
         return fail("log_file " + log_file + ": " + std::strerror(errno));
 

@@ -110,6 +110,19 @@ TEST_SUITE("fetcher") {
         CHECK(fx.reader.requests() == 1);
     }
 
+    TEST_CASE("a missing object is an I/O error (EIO), not ENOENT") {
+        Fixture fx;
+        BlockCache cache(1 << 20);
+        auto objects = fx.objects();
+        objects[0].location = "gone";
+        Fetcher f(fx.reader, cache, objects);
+        std::string buf(10, '\0');
+        auto r = f.read(0, 0, buf.data(), buf.size());
+        REQUIRE_FALSE(r);
+        CHECK(to_errno(r.error().code) == EIO);
+        CHECK(r.error().message.find("gone: 404") != std::string::npos);
+    }
+
     TEST_CASE("a tiny cache still serves correct bytes") {
         Fixture fx;
         BlockCache cache(4096);  // one block
