@@ -16,6 +16,7 @@
 #include <thread>
 #include <unordered_map>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "shelbyfs/log.h"
@@ -27,7 +28,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-enum class Kind { Range, Whole };
+enum class Kind { Range, Whole, Put, Head };
 
 // One request as the caller sees it; survives across attempts.
 struct Job {
@@ -35,15 +36,35 @@ struct Job {
     std::string url;
     std::uint64_t offset = 0;
     std::uint64_t length = 0;
-    std::promise<Result<std::string>> promise;
+    std::shared_ptr<const std::string> upload;  // Put: the body, re-sent whole on every attempt
+    std::vector<std::string> extra_headers;      // Put: given by the caller
+    curl_slist* header_list = nullptr;           // built by the I/O thread on the first attempt
+    // Range/Whole: the body; Put: nothing; Head: the Content-Length.
+    std::variant<std::promise<Result<std::string>>, std::promise<Result<void>>, std::promise<Result<std::uint64_t>>>
+        promise;
     int attempts = 0;  // attempts started so far
 
+    Job() = default;
+    Job(const Job&) = delete;
+    Job& operator=(const Job&) = delete;
+    ~Job() { curl_slist_free_all(header_list); }
+
     std::string describe() const {
-        std::string s = "GET " + url;
-        if (kind == Kind::Range) {
-            s += " bytes=" + std::to_string(offset) + "-" + std::to_string(offset + length - 1);
+        switch (kind) {
+            case Kind::Range:
+                return "GET " + url + " bytes=" + std::to_string(offset) + "-" + std::to_string(offset + length - 1);
+            case Kind::Whole:
+                return "GET " + url;
+            case Kind::Put:
+                return "PUT " + url + " (" + std::to_string(upload->size()) + " bytes)";
+            case Kind::Head:
+                return "HEAD " + url;
         }
-        return s;
+        return url;
+    }
+
+    void set_error(Error error) {
+        std::visit([&](auto& p) { p.set_value(std::move(error)); }, promise);
     }
 };
 
@@ -58,6 +79,7 @@ struct Transfer {
     std::string body;             // Range: the wanted bytes only; Whole: everything
     std::uint64_t received = 0;   // body bytes of the final response, kept or not
     std::uint64_t received_total = 0;  // all body bytes, for stats
+    std::size_t sent = 0;              // Put: read offset into job->upload, this attempt only
     Clock::time_point added{};
     Clock::time_point last_progress{};
     bool request_sent = false;
@@ -80,6 +102,7 @@ struct Transfer {
         received_total += n;
         const std::uint64_t before = received;
         received += n;
+        if (job->kind == Kind::Put || job->kind == Kind::Head) return true;  // response body: discarded
         if (job->kind == Kind::Whole) {
             if (status != 200) return true;  // error page: discarded
             if (received > max_body) {
@@ -134,6 +157,28 @@ std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user)
         t.out_of_memory = true;
         return 0;
     }
+}
+
+// Put: feeds curl the next slice of the shared body.
+std::size_t on_read(char* buffer, std::size_t size, std::size_t count, void* user) {
+    auto& t = *static_cast<Transfer*>(user);
+    const std::string& body = *t.job->upload;
+    const std::size_t n = std::min(size * count, body.size() - t.sent);
+    std::copy_n(body.data() + t.sent, n, buffer);
+    t.sent += n;
+    t.last_progress = Clock::now();
+    return n;
+}
+
+// Put: curl rewinds when it must re-send the body on the same attempt (a
+// reused connection that turned out dead, a redirect).
+int on_seek(void* user, curl_off_t offset, int origin) {
+    auto& t = *static_cast<Transfer*>(user);
+    if (origin != SEEK_SET || offset < 0 || static_cast<std::uint64_t>(offset) > t.job->upload->size()) {
+        return CURL_SEEKFUNC_CANTSEEK;
+    }
+    t.sent = static_cast<std::size_t>(offset);
+    return CURL_SEEKFUNC_OK;
 }
 
 bool starts_with_nocase(std::string_view s, std::string_view prefix) {
@@ -239,11 +284,13 @@ struct Outcome {
     Errc code = Errc::Internal;  // for Retry: the code to use if retries run out
     std::string detail;          // cause, without the "GET url range: " prefix
     std::string body;
+    std::uint64_t length = 0;  // Head: the Content-Length
 };
 
-Outcome succeed(std::string body) { return {Outcome::Action::Succeed, Errc::Internal, {}, std::move(body)}; }
-Outcome retry(Errc code, std::string detail) { return {Outcome::Action::Retry, code, std::move(detail), {}}; }
-Outcome fail(Errc code, std::string detail) { return {Outcome::Action::Fail, code, std::move(detail), {}}; }
+Outcome succeed(std::string body) { return {Outcome::Action::Succeed, Errc::Internal, {}, std::move(body), 0}; }
+Outcome succeed_length(std::uint64_t length) { return {Outcome::Action::Succeed, Errc::Internal, {}, {}, length}; }
+Outcome retry(Errc code, std::string detail) { return {Outcome::Action::Retry, code, std::move(detail), {}, 0}; }
+Outcome fail(Errc code, std::string detail) { return {Outcome::Action::Fail, code, std::move(detail), {}, 0}; }
 
 std::string range_text(std::uint64_t first, std::uint64_t last) {
     return std::to_string(first) + "-" + std::to_string(last);
@@ -269,9 +316,26 @@ Outcome evaluate(Transfer& t, CURLcode code, milliseconds stall_timeout) {
     }
     const long status = t.status;
     const std::string status_text = "HTTP " + std::to_string(status);
+    const bool transient = status == 408 || status == 429 || (status >= 500 && status <= 599);
+    if (job.kind == Kind::Put) {
+        // 404 on a PUT is not "the object is missing": keep it an HttpStatus error.
+        if (transient) return retry(Errc::HttpStatus, status_text);
+        if (status != 200 && status != 201 && status != 204) return fail(Errc::HttpStatus, status_text);
+        curl_off_t uploaded = -1;
+        curl_easy_getinfo(t.easy, CURLINFO_SIZE_UPLOAD_T, &uploaded);
+        if (uploaded >= 0 && static_cast<std::uint64_t>(uploaded) != job.upload->size()) {
+            return retry(Errc::Network, status_text + " after sending only " + std::to_string(uploaded) + " bytes");
+        }
+        return succeed({});
+    }
     if (status == 404) return fail(Errc::NotFound, status_text + " (not found)");
-    if (status == 408 || status == 429 || (status >= 500 && status <= 599)) {
-        return retry(Errc::HttpStatus, status_text);
+    if (transient) return retry(Errc::HttpStatus, status_text);
+    if (job.kind == Kind::Head) {
+        if (status != 200) return fail(Errc::HttpStatus, status_text);
+        curl_off_t length = -1;
+        curl_easy_getinfo(t.easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length);
+        if (length < 0) return fail(Errc::HttpStatus, status_text + " without Content-Length");
+        return succeed_length(static_cast<std::uint64_t>(length));
     }
     if (job.kind == Kind::Whole) {
         if (status != 200) return fail(Errc::HttpStatus, status_text);
@@ -341,11 +405,11 @@ struct HttpClient::Impl {
         curl_multi_cleanup(multi_);
     }
 
-    std::future<Result<std::string>> submit(std::unique_ptr<Job> job) {
-        auto future = job->promise.get_future();
+    // Queues `job`; the caller took its future beforehand.
+    void submit(std::unique_ptr<Job> job) {
         if (multi_ == nullptr) {
-            job->promise.set_value(make_error(Errc::Internal, job->describe() + ": libcurl failed to initialise (http-init)"));
-            return future;
+            job->set_error(make_error(Errc::Internal, job->describe() + ": libcurl failed to initialise (http-init)"));
+            return;
         }
         {
             std::lock_guard lock(queue_mutex_);
@@ -354,11 +418,10 @@ struct HttpClient::Impl {
             }
         }
         if (job) {
-            job->promise.set_value(make_error(Errc::Network, job->describe() + ": client shutting down"));
-            return future;
+            job->set_error(make_error(Errc::Network, job->describe() + ": client shutting down"));
+            return;
         }
         curl_multi_wakeup(multi_);
-        return future;
     }
 
     HttpClient::Stats stats() const {
@@ -366,6 +429,7 @@ struct HttpClient::Impl {
         s.requests = requests_.load(std::memory_order_relaxed);
         s.retries = retries_.load(std::memory_order_relaxed);
         s.bytes = bytes_.load(std::memory_order_relaxed);
+        s.bytes_sent = bytes_sent_.load(std::memory_order_relaxed);
         s.connections = connections_.load(std::memory_order_relaxed);
         return s;
     }
@@ -442,26 +506,44 @@ struct HttpClient::Impl {
         t->max_body = options_.max_body_bytes;
         t->easy = take_easy();
         if (t->easy == nullptr) {
-            t->job->promise.set_value(
-                make_error(Errc::Internal, t->job->describe() + ": curl_easy_init failed (http-easy)"));
+            t->job->set_error(make_error(Errc::Internal, t->job->describe() + ": curl_easy_init failed (http-easy)"));
             return;
         }
         try {
             if (t->job->kind == Kind::Range) t->body.reserve(static_cast<std::size_t>(t->job->length));
+            if (t->job->kind == Kind::Put && t->job->header_list == nullptr) build_put_headers(*t->job);
         } catch (const std::bad_alloc&) {
             release_easy(t->easy);
-            t->job->promise.set_value(
-                make_error(Errc::Internal, t->job->describe() + ": out of memory for the body (http-oom)"));
+            t->job->set_error(make_error(Errc::Internal, t->job->describe() + ": out of memory for the body (http-oom)"));
             return;
         }
         CURL* e = t->easy;
         Transfer* raw = t.get();
         curl_easy_setopt(e, CURLOPT_URL, raw->job->url.c_str());
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+        switch (raw->job->kind) {
+            case Kind::Range:
+            case Kind::Whole:
+                curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+                break;
+            case Kind::Head:
+                curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+                break;
+            case Kind::Put:
+                curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+                curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(raw->job->upload->size()));
+                curl_easy_setopt(e, CURLOPT_READFUNCTION, &on_read);
+                curl_easy_setopt(e, CURLOPT_READDATA, raw);
+                curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, &on_seek);
+                curl_easy_setopt(e, CURLOPT_SEEKDATA, raw);
+                curl_easy_setopt(e, CURLOPT_HTTPHEADER, raw->job->header_list);
+                break;
+        }
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options_.connect_timeout.count()));
         curl_easy_setopt(e, CURLOPT_USERAGENT, options_.user_agent.c_str());
-        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+        // A redirected PUT is a permanent HttpStatus error rather than a
+        // guess at which method and body the new location wants.
+        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, raw->job->kind == Kind::Put ? 0L : 1L);
         curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
 #if LIBCURL_VERSION_NUM >= 0x075500
         curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -491,11 +573,22 @@ struct HttpClient::Impl {
         requests_.fetch_add(1, std::memory_order_relaxed);
         if (const CURLMcode rc = curl_multi_add_handle(multi_, e); rc != CURLM_OK) {
             release_easy(e);
-            raw->job->promise.set_value(make_error(
+            raw->job->set_error(make_error(
                 Errc::Internal, raw->job->describe() + ": curl_multi_add_handle: " + curl_multi_strerror(rc)));
             return;
         }
         active_.emplace(e, std::move(t));
+    }
+
+    // "Expect:" stops curl from waiting for a 100 Continue before large bodies.
+    static void build_put_headers(Job& job) {
+        auto append = [&](const std::string& h) {
+            curl_slist* next = curl_slist_append(job.header_list, h.c_str());
+            if (next == nullptr) throw std::bad_alloc();
+            job.header_list = next;
+        };
+        append("Expect:");
+        for (const auto& h : job.extra_headers) append(h);
     }
 
     // Handles every transfer curl reports as done. Returns true if any was.
@@ -548,6 +641,9 @@ struct HttpClient::Impl {
         curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &new_connections);
         connections_.fetch_add(static_cast<std::uint64_t>(std::max(new_connections, 0L)), std::memory_order_relaxed);
         bytes_.fetch_add(t->received_total, std::memory_order_relaxed);
+        curl_off_t uploaded = 0;
+        curl_easy_getinfo(easy, CURLINFO_SIZE_UPLOAD_T, &uploaded);
+        bytes_sent_.fetch_add(static_cast<std::uint64_t>(std::max<curl_off_t>(uploaded, 0)), std::memory_order_relaxed);
 
         Outcome outcome = evaluate(*t, code, options_.stall_timeout);
         release_easy(easy);
@@ -557,12 +653,23 @@ struct HttpClient::Impl {
         const std::string where = job->describe();
         switch (outcome.action) {
             case Outcome::Action::Succeed:
-                job->promise.set_value(std::move(outcome.body));
+                switch (job->kind) {
+                    case Kind::Range:
+                    case Kind::Whole:
+                        std::get<0>(job->promise).set_value(std::move(outcome.body));
+                        break;
+                    case Kind::Put:
+                        std::get<1>(job->promise).set_value(Result<void>{});
+                        break;
+                    case Kind::Head:
+                        std::get<2>(job->promise).set_value(outcome.length);
+                        break;
+                }
                 return;
             case Outcome::Action::Fail: {
                 std::string message = where + ": " + outcome.detail;
                 if (job->attempts > 1) message += " after " + std::to_string(job->attempts) + " attempts";
-                job->promise.set_value(make_error(outcome.code, std::move(message)));
+                job->set_error(make_error(outcome.code, std::move(message)));
                 return;
             }
             case Outcome::Action::Retry:
@@ -572,7 +679,7 @@ struct HttpClient::Impl {
             std::string message =
                 where + ": " + outcome.detail + " after " + std::to_string(job->attempts) + " attempts";
             log::warn("http", message);
-            job->promise.set_value(make_error(outcome.code, std::move(message)));
+            job->set_error(make_error(outcome.code, std::move(message)));
             return;
         }
         const milliseconds delay = backoff(job->attempts);
@@ -592,7 +699,7 @@ struct HttpClient::Impl {
 
     void shut_down() {
         auto fail = [](Job& job) {
-            job.promise.set_value(make_error(Errc::Network, job.describe() + ": client shutting down"));
+            job.set_error(make_error(Errc::Network, job.describe() + ": client shutting down"));
         };
         for (auto& [easy, t] : active_) {
             curl_multi_remove_handle(multi_, easy);
@@ -630,6 +737,7 @@ struct HttpClient::Impl {
     std::atomic<std::uint64_t> requests_{0};
     std::atomic<std::uint64_t> retries_{0};
     std::atomic<std::uint64_t> bytes_{0};
+    std::atomic<std::uint64_t> bytes_sent_{0};
     std::atomic<std::uint64_t> connections_{0};
 
     std::thread thread_;  // last: started after everything above exists
@@ -646,26 +754,57 @@ std::future<Result<std::string>> HttpClient::read_range(const std::string& url, 
     job->url = url;
     job->offset = offset;
     job->length = length;
+    auto& promise = std::get<0>(job->promise);
+    auto future = promise.get_future();
     if (length == 0) {
-        auto future = job->promise.get_future();
-        job->promise.set_value(std::string{});
+        promise.set_value(std::string{});
         return future;
     }
     if (offset > UINT64_MAX - length || length > impl_->options_.max_body_bytes) {
-        auto future = job->promise.get_future();
-        job->promise.set_value(make_error(Errc::InvalidArgument, "GET " + url + " offset " + std::to_string(offset) +
+        promise.set_value(make_error(Errc::InvalidArgument, "GET " + url + " offset " + std::to_string(offset) +
                                                                      " length " + std::to_string(length) +
                                                                      ": range out of bounds"));
         return future;
     }
-    return impl_->submit(std::move(job));
+    impl_->submit(std::move(job));
+    return future;
 }
 
 std::future<Result<std::string>> HttpClient::get(const std::string& url) {
     auto job = std::make_unique<Job>();
     job->kind = Kind::Whole;
     job->url = url;
-    return impl_->submit(std::move(job));
+    auto future = std::get<0>(job->promise).get_future();
+    impl_->submit(std::move(job));
+    return future;
+}
+
+std::future<Result<void>> HttpClient::put(const std::string& url, std::shared_ptr<const std::string> body,
+                                          std::vector<std::string> headers) {
+    auto job = std::make_unique<Job>();
+    job->kind = Kind::Put;
+    job->url = url;
+    job->upload = body ? std::move(body) : std::make_shared<const std::string>();
+    job->extra_headers = std::move(headers);
+    auto& promise = job->promise.emplace<1>();
+    auto future = promise.get_future();
+    for (const auto& h : job->extra_headers) {
+        if (h.find_first_of("\r\n") != std::string::npos || h.find(':') == std::string::npos) {
+            promise.set_value(make_error(Errc::InvalidArgument, job->describe() + ": bad header '" + h + "'"));
+            return future;
+        }
+    }
+    impl_->submit(std::move(job));
+    return future;
+}
+
+std::future<Result<std::uint64_t>> HttpClient::head(const std::string& url) {
+    auto job = std::make_unique<Job>();
+    job->kind = Kind::Head;
+    job->url = url;
+    auto future = job->promise.emplace<2>().get_future();
+    impl_->submit(std::move(job));
+    return future;
 }
 
 HttpClient::Stats HttpClient::stats() const { return impl_->stats(); }

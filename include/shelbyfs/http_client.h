@@ -1,5 +1,5 @@
 // HttpClient: the one owner of libcurl. A curl-multi I/O thread serves ranged
-// GETs and whole-object GETs submitted from any thread, with retries.
+// GETs, whole-object GETs, PUTs and HEADs submitted from any thread, with retries.
 #pragma once
 
 #include <chrono>
@@ -7,6 +7,7 @@
 #include <future>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "shelbyfs/blob_reader.h"
 #include "shelbyfs/result.h"
@@ -55,11 +56,26 @@ public:
     /// GET the whole object (manifests). 404 gives Errc::NotFound.
     std::future<Result<std::string>> get(const std::string& url);
 
+    /// PUT `body` to `url`. Succeeds only on 200/201/204. Retries transient failures
+    /// (connection errors, stalls, 408/429/5xx) like reads, re-sending the whole body.
+    /// Permanent failures (other 4xx, 404 included, which gives HttpStatus rather
+    /// than NotFound; 3xx, as redirects are not followed for PUT) are not retried.
+    /// Errors name the URL, size and cause. `headers` are extra "Name: value"
+    /// request headers; one holding CR/LF or no ':' fails with InvalidArgument.
+    /// A null `body` uploads an empty object.
+    std::future<Result<void>> put(const std::string& url, std::shared_ptr<const std::string> body,
+                                  std::vector<std::string> headers = {});
+    /// HEAD `url`: the Content-Length if 200, Errc::NotFound on 404 (used to skip uploads
+    /// of objects that already exist, and to verify an upload landed with the right size).
+    /// Other statuses and a 200 without Content-Length give HttpStatus.
+    std::future<Result<std::uint64_t>> head(const std::string& url);
+
     /// Counters, for logs and tests.
     struct Stats {
         std::uint64_t requests = 0;  ///< attempts sent, retries included
         std::uint64_t retries = 0;
         std::uint64_t bytes = 0;  ///< body bytes received
+        std::uint64_t bytes_sent = 0;  ///< request body bytes uploaded, retries included
         std::uint64_t connections = 0;  ///< new connections opened (not reused)
     };
     Stats stats() const;

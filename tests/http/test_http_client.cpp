@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
@@ -42,7 +43,8 @@ HttpOptions fast_options() {
 }
 
 // Waits, bounded, for a future; a timeout fails the test instead of hanging it.
-Result<std::string> wait(std::future<Result<std::string>> f, std::chrono::milliseconds limit = 5000ms) {
+template <typename T>
+Result<T> wait(std::future<Result<T>> f, std::chrono::milliseconds limit = 5000ms) {
     if (f.wait_for(limit) != std::future_status::ready) {
         FAIL("request did not complete within " << limit.count() << " ms");
     }
@@ -52,6 +54,8 @@ Result<std::string> wait(std::future<Result<std::string>> f, std::chrono::millis
 bool contains(const std::string& haystack, const std::string& needle) {
     return haystack.find(needle) != std::string::npos;
 }
+
+std::shared_ptr<const std::string> shared(std::string s) { return std::make_shared<const std::string>(std::move(s)); }
 
 }  // namespace
 
@@ -524,6 +528,300 @@ TEST_SUITE("http_client") {
             REQUIRE(r.ok());
             auto g = wait(client.get(server.url("/obj")));
             REQUIRE(g.ok());
+        }
+        CHECK(shelbyfs::test::open_fd_count() == fds_before);
+    }
+
+    TEST_CASE("put stores the body, which reads back byte for byte") {
+        TestServer server;
+        HttpClient client(fast_options());
+        std::string data;
+        SUBCASE("small") { data = pattern(1000); }
+        SUBCASE("empty") { data = ""; }
+        SUBCASE("8 MiB") { data = pattern(8 << 20); }
+        CAPTURE(data.size());
+        const std::string url = server.url("/ckpt/obj");
+        auto r = wait(client.put(url, shared(data), {"Content-Type: application/octet-stream", "X-Shelby: 1"}));
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        CHECK(server.requests("/ckpt/obj") == 1);
+        REQUIRE(server.object("/ckpt/obj").has_value());
+        CHECK(*server.object("/ckpt/obj") == data);
+        const std::string request = server.last_request("/ckpt/obj");
+        CHECK(contains(request, "PUT /ckpt/obj HTTP/1.1\r\n"));
+        CHECK(contains(request, "\r\nContent-Length: " + std::to_string(data.size()) + "\r\n"));
+        CHECK(contains(request, "\r\nContent-Type: application/octet-stream\r\n"));
+        CHECK(contains(request, "\r\nX-Shelby: 1\r\n"));
+        CHECK_FALSE(contains(request, "Expect:"));
+        const auto stats = client.stats();
+        CHECK(stats.requests == 1);
+        CHECK(stats.retries == 0);
+        CHECK(stats.bytes_sent == data.size());
+        auto g = wait(client.get(url));
+        REQUIRE_MESSAGE(g.ok(), g.error().message);
+        CHECK(g.value() == data);
+        auto h = wait(client.head(url));
+        REQUIRE_MESSAGE(h.ok(), h.error().message);
+        CHECK(h.value() == data.size());
+    }
+
+    TEST_CASE("put replaces an existing object") {
+        TestServer server;
+        server.put("/obj", pattern(5000, 1));
+        HttpClient client(fast_options());
+        auto r = wait(client.put(server.url("/obj"), shared(pattern(300, 2))));
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        CHECK(*server.object("/obj") == pattern(300, 2));
+    }
+
+    TEST_CASE("put is retried after a transient status and the server holds exactly the body") {
+        TestServer server;
+        const std::string data = pattern(200000);
+        int status = 0;
+        SUBCASE("503") { status = 503; }
+        SUBCASE("429") { status = 429; }
+        SUBCASE("408") { status = 408; }
+        CAPTURE(status);
+        server.set_fault("/obj", Fault::Status, 2, status);
+        HttpClient client(fast_options());
+        auto r = wait(client.put(server.url("/obj"), shared(data)));
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        CHECK(server.requests("/obj") == 3);
+        REQUIRE(server.object("/obj").has_value());
+        CHECK(*server.object("/obj") == data);
+        const auto stats = client.stats();
+        CHECK(stats.requests == 3);
+        CHECK(stats.retries == 2);
+        CHECK(stats.bytes_sent == 3 * data.size());  // the whole body, every attempt
+    }
+
+    TEST_CASE("put answered with a permanent 4xx fails after one attempt naming URL, size and status") {
+        TestServer server;
+        int status = 0;
+        SUBCASE("403") { status = 403; }
+        SUBCASE("404") { status = 404; }
+        SUBCASE("409") { status = 409; }
+        CAPTURE(status);
+        server.set_fault("/obj", Fault::Status, -1, status);
+        HttpClient client(fast_options());
+        auto r = wait(client.put(server.url("/obj"), shared(pattern(100))));
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::HttpStatus);
+        CHECK(r.error().message == "PUT " + server.url("/obj") + " (100 bytes): HTTP " + std::to_string(status));
+        CHECK(server.requests("/obj") == 1);
+        CHECK(client.stats().retries == 0);
+        CHECK_FALSE(server.object("/obj").has_value());
+    }
+
+    TEST_CASE("put with retries exhausted is an error naming URL, size, status and attempts") {
+        TestServer server;
+        server.set_fault("/obj", Fault::Status, -1, 503);
+        HttpOptions options = fast_options();
+        options.max_retries = 2;
+        HttpClient client(options);
+        auto r = wait(client.put(server.url("/obj"), shared(pattern(100))));
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::HttpStatus);
+        CHECK(r.error().message == "PUT " + server.url("/obj") + " (100 bytes): HTTP 503 after 3 attempts");
+        CHECK(server.requests("/obj") == 3);
+        CHECK(client.stats().retries == 2);
+        CHECK_FALSE(server.object("/obj").has_value());
+    }
+
+    TEST_CASE("put cut off mid-upload is retried from the first byte") {
+        TestServer server;
+        const std::string data = pattern(1 << 20);
+        server.set_fault("/obj", Fault::ShortBody, 1);
+        HttpClient client(fast_options());
+        auto r = wait(client.put(server.url("/obj"), shared(data)));
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        CHECK(server.requests("/obj") == 2);
+        REQUIRE(server.object("/obj").has_value());
+        CHECK(*server.object("/obj") == data);
+        CHECK(client.stats().retries == 1);
+    }
+
+    TEST_CASE("put to a connection refused fails quickly with a Network error") {
+        const std::string url = "http://127.0.0.1:" + std::to_string(shelbyfs::test::unused_port()) + "/obj";
+        HttpOptions options = fast_options();
+        options.max_retries = 1;
+        HttpClient client(options);
+        auto r = wait(client.put(url, shared("abc")));
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::Network);
+        CHECK(contains(r.error().message, "PUT " + url + " (3 bytes): "));
+        CHECK(contains(r.error().message, " after 2 attempts"));
+    }
+
+    TEST_CASE("put stalled by the server mid-upload times out and is retried") {
+        TestServer server;
+        // Bigger than the loopback socket buffers, so the client blocks sending.
+        const std::string data = pattern(16 << 20);
+        server.set_fault("/obj", Fault::Stall, 1);
+        HttpOptions options = fast_options();
+        options.stall_timeout = 300ms;
+        HttpClient client(options);
+        const auto start = Clock::now();
+        auto r = wait(client.put(server.url("/obj"), shared(data)));
+        const auto elapsed = Clock::now() - start;
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        REQUIRE(server.object("/obj").has_value());
+        CHECK(*server.object("/obj") == data);
+        CHECK(server.requests("/obj") == 2);
+        CHECK(client.stats().retries == 1);
+        CHECK(elapsed >= 300ms);
+        CHECK(elapsed < 3000ms);
+    }
+
+    TEST_CASE("put stalled on every attempt is a Network error that says so, within a bounded time") {
+        TestServer server;
+        server.set_fault("/obj", Fault::Stall, -1);
+        HttpOptions options = fast_options();
+        options.stall_timeout = 200ms;
+        options.max_retries = 1;
+        HttpClient client(options);
+        SUBCASE("small body: the server never answers") {
+            const auto start = Clock::now();
+            auto r = wait(client.put(server.url("/obj"), shared(pattern(1000))));
+            CHECK(Clock::now() - start < 2000ms);
+            REQUIRE_FALSE(r.ok());
+            CHECK(r.error().code == Errc::Network);
+            CHECK(r.error().message ==
+                  "PUT " + server.url("/obj") + " (1000 bytes): stalled: no data for 200 ms after 2 attempts");
+        }
+        SUBCASE("large body: the server stops reading") {
+            const auto start = Clock::now();
+            auto r = wait(client.put(server.url("/obj"), shared(pattern(16 << 20))));
+            CHECK(Clock::now() - start < 2000ms);
+            REQUIRE_FALSE(r.ok());
+            CHECK(r.error().code == Errc::Network);
+            CHECK(r.error().message == "PUT " + server.url("/obj") +
+                                           " (16777216 bytes): stalled: no data for 200 ms after 2 attempts");
+        }
+        CHECK(server.requests("/obj") == 2);
+        CHECK_FALSE(server.object("/obj").has_value());
+    }
+
+    TEST_CASE("head returns the size of a stored object and NotFound for a missing one") {
+        TestServer server;
+        server.put("/obj", pattern(12345));
+        server.put("/empty", "");
+        HttpClient client(fast_options());
+        auto r = wait(client.head(server.url("/obj")));
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        CHECK(r.value() == 12345);
+        auto e = wait(client.head(server.url("/empty")));
+        REQUIRE_MESSAGE(e.ok(), e.error().message);
+        CHECK(e.value() == 0);
+        auto m = wait(client.head(server.url("/missing")));
+        REQUIRE_FALSE(m.ok());
+        CHECK(m.error().code == Errc::NotFound);
+        CHECK(m.error().message == "HEAD " + server.url("/missing") + ": HTTP 404 (not found)");
+        CHECK(server.requests("/obj") == 1);
+        CHECK(server.requests("/missing") == 1);
+        CHECK(contains(server.last_request("/obj"), "HEAD /obj HTTP/1.1\r\n"));
+        CHECK(client.stats().bytes == 0);
+    }
+
+    TEST_CASE("head retries a transient status and fails permanently on other statuses") {
+        TestServer server;
+        server.put("/obj", pattern(777));
+        HttpClient client(fast_options());
+        SUBCASE("503 then 200") {
+            server.set_fault("/obj", Fault::Status, 1, 503);
+            auto r = wait(client.head(server.url("/obj")));
+            REQUIRE_MESSAGE(r.ok(), r.error().message);
+            CHECK(r.value() == 777);
+            CHECK(server.requests("/obj") == 2);
+        }
+        SUBCASE("403") {
+            server.set_fault("/obj", Fault::Status, -1, 403);
+            auto r = wait(client.head(server.url("/obj")));
+            REQUIRE_FALSE(r.ok());
+            CHECK(r.error().code == Errc::HttpStatus);
+            CHECK(r.error().message == "HEAD " + server.url("/obj") + ": HTTP 403");
+            CHECK(server.requests("/obj") == 1);
+        }
+    }
+
+    TEST_CASE("put with a malformed header fails without a request") {
+        TestServer server;
+        HttpClient client(fast_options());
+        std::string header;
+        SUBCASE("CR LF injection") { header = "X-A: 1\r\nX-B: 2"; }
+        SUBCASE("no colon") { header = "X-A"; }
+        auto f = client.put(server.url("/obj"), shared("abc"), {header});
+        REQUIRE(f.wait_for(0ms) == std::future_status::ready);
+        auto r = f.get();
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::InvalidArgument);
+        CHECK(contains(r.error().message, "PUT " + server.url("/obj") + " (3 bytes): bad header"));
+        CHECK(server.requests("/obj") == 0);
+        CHECK(client.stats().requests == 0);
+    }
+
+    TEST_CASE("concurrent puts from several threads all land") {
+        TestServer server;
+        HttpOptions options = fast_options();
+        options.max_connections = 4;
+        HttpClient client(options);
+        constexpr int kThreads = 6;
+        constexpr int kPerThread = 5;
+        // Every third object answers 503 once, so retries interleave with other uploads.
+        for (int t = 0; t < kThreads; ++t) {
+            for (int i = 0; i < kPerThread; i += 3) {
+                server.set_fault("/t" + std::to_string(t) + "/" + std::to_string(i), Fault::Status, 1, 503);
+            }
+        }
+        std::vector<int> failed(kThreads, 0);
+        std::vector<std::thread> threads;
+        for (int t = 0; t < kThreads; ++t) {
+            threads.emplace_back([&, t] {
+                std::vector<std::future<Result<void>>> futures;
+                for (int i = 0; i < kPerThread; ++i) {
+                    const auto size = static_cast<std::size_t>(1 + (t * kPerThread + i) * 40000);
+                    futures.push_back(client.put(server.url("/t" + std::to_string(t) + "/" + std::to_string(i)),
+                                                 shared(pattern(size, static_cast<unsigned>(t * 100 + i)))));
+                }
+                for (auto& f : futures) {
+                    if (f.wait_for(10s) != std::future_status::ready || !f.get().ok()) {
+                        ++failed[static_cast<std::size_t>(t)];
+                    }
+                }
+            });
+        }
+        for (auto& th : threads) th.join();
+        std::uint64_t total = 0;
+        for (int t = 0; t < kThreads; ++t) {
+            CHECK(failed[static_cast<std::size_t>(t)] == 0);
+            for (int i = 0; i < kPerThread; ++i) {
+                const std::string path = "/t" + std::to_string(t) + "/" + std::to_string(i);
+                const auto size = static_cast<std::size_t>(1 + (t * kPerThread + i) * 40000);
+                CAPTURE(path);
+                CHECK(server.requests(path) == (i % 3 == 0 ? 2 : 1));
+                const auto stored = server.object(path);
+                REQUIRE(stored.has_value());
+                CHECK(*stored == pattern(size, static_cast<unsigned>(t * 100 + i)));
+                total += size * (i % 3 == 0 ? 2 : 1);
+            }
+        }
+        CHECK(client.stats().bytes_sent == total);
+        CHECK(client.stats().retries == kThreads * 2);
+        CHECK(server.connections() <= 4 + kThreads * 2);
+    }
+
+    TEST_CASE("put and head leave no file descriptors behind") {
+        const int fds_before = shelbyfs::test::open_fd_count();
+        {
+            TestServer server;
+            server.set_fault("/obj", Fault::Stall, 1);
+            HttpOptions options = fast_options();
+            options.stall_timeout = 200ms;
+            HttpClient client(options);
+            auto r = wait(client.put(server.url("/obj"), shared(pattern(1000))));
+            REQUIRE_MESSAGE(r.ok(), r.error().message);
+            auto h = wait(client.head(server.url("/obj")));
+            REQUIRE_MESSAGE(h.ok(), h.error().message);
+            CHECK(h.value() == 1000);
         }
         CHECK(shelbyfs::test::open_fd_count() == fds_before);
     }

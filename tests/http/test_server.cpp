@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -84,9 +85,39 @@ std::optional<ByteRange> parse_range(std::string_view header, std::uint64_t size
     return ByteRange{first, std::min(last, size - 1), true};
 }
 
+// Moves `n` bytes of request body from `buffer` (topped up from `fd`) to `out`.
+// False if the peer closed or failed first.
+bool read_body(int fd, std::string& buffer, std::size_t n, std::string& out) {
+    char chunk[65536];
+    while (buffer.size() < n) {
+        const ssize_t got = ::recv(fd, chunk, sizeof chunk, 0);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return false;
+        buffer.append(chunk, static_cast<std::size_t>(got));
+    }
+    out = buffer.substr(0, n);
+    buffer.erase(0, n);
+    return true;
+}
+
+// Blocks without reading until the peer hangs up or `stopping` is set (the
+// destructor's shutdown() also ends the wait).
+void wait_for_hangup(int fd, const std::atomic<bool>& stopping) {
+    while (!stopping) {
+        pollfd p{fd, POLLRDHUP, 0};
+        const int rc = ::poll(&p, 1, 50);
+        if (rc < 0 && errno != EINTR) return;
+        if (rc > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0) return;
+    }
+}
+
 const char* reason(int status) {
     switch (status) {
         case 200: return "OK";
+        case 201: return "Created";
+        case 403: return "Forbidden";
+        case 405: return "Method Not Allowed";
+        case 411: return "Length Required";
         case 206: return "Partial Content";
         case 404: return "Not Found";
         case 408: return "Request Timeout";
@@ -163,6 +194,19 @@ int TestServer::requests(const std::string& path) const {
     return it == requests_.end() ? 0 : it->second;
 }
 
+std::string TestServer::last_request(const std::string& path) const {
+    std::lock_guard lock(mutex_);
+    const auto it = last_request_.find(path);
+    return it == last_request_.end() ? std::string{} : it->second;
+}
+
+std::optional<std::string> TestServer::object(const std::string& path) const {
+    std::lock_guard lock(mutex_);
+    const auto it = objects_.find(path);
+    if (it == objects_.end()) return std::nullopt;
+    return it->second;
+}
+
 std::string TestServer::last_range(const std::string& path) const {
     std::lock_guard lock(mutex_);
     const auto it = last_range_.find(path);
@@ -206,7 +250,7 @@ void TestServer::serve(int fd) {
         if (end != std::string::npos) {
             const std::string request = buffer.substr(0, end + 4);
             buffer.erase(0, end + 4);
-            if (!handle(fd, request)) return;
+            if (!handle(fd, request, buffer)) return;
             continue;
         }
         const ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
@@ -216,7 +260,7 @@ void TestServer::serve(int fd) {
     }
 }
 
-bool TestServer::handle(int fd, const std::string& request) {
+bool TestServer::handle(int fd, const std::string& request, std::string& buffer) {
     // Request line: "GET /path HTTP/1.1".
     const auto line_end = request.find("\r\n");
     const std::string_view line(request.data(), line_end);
@@ -227,6 +271,7 @@ bool TestServer::handle(int fd, const std::string& request) {
     const std::string path(line.substr(sp1 + 1, sp2 - sp1 - 1));
 
     std::string range_header;
+    std::optional<std::uint64_t> content_length;
     bool close_after = false;
     std::size_t pos = line_end + 2;
     while (pos < request.size()) {
@@ -239,6 +284,10 @@ bool TestServer::handle(int fd, const std::string& request) {
         const std::string name = lower(h.substr(0, colon));
         const std::string_view value = trim(h.substr(colon + 1));
         if (name == "range") range_header = std::string(value);
+        if (name == "content-length") {
+            std::uint64_t n = 0;
+            if (std::from_chars(value.data(), value.data() + value.size(), n).ec == std::errc{}) content_length = n;
+        }
         if (name == "connection" && lower(value) == "close") close_after = true;
     }
 
@@ -248,6 +297,7 @@ bool TestServer::handle(int fd, const std::string& request) {
         std::lock_guard lock(mutex_);
         ++requests_[path];
         last_range_[path] = range_header;
+        last_request_[path] = request;
         if (const auto it = objects_.find(path); it != objects_.end()) object = it->second;
         if (auto it = faults_.find(path); it != faults_.end() && it->second.fault != Fault::None &&
                                           it->second.remaining != 0) {
@@ -256,8 +306,18 @@ bool TestServer::handle(int fd, const std::string& request) {
         }
     }
 
+    if (method == "PUT") return handle_put(fd, path, content_length, fault, buffer) && !close_after;
+    if (method == "HEAD") {
+        if (fault.fault == Fault::Status) return send_all(fd, head(fault.status, 15)) && !close_after;
+        if (fault.fault == Fault::Stall) {
+            wait_for_hangup(fd, stopping_);
+            return false;
+        }
+        if (!object) return send_all(fd, head(404, 10)) && !close_after;
+        return send_all(fd, head(200, object->size())) && !close_after;
+    }
     if (method != "GET") {
-        const std::string body = "only GET\n";
+        const std::string body = "only GET, HEAD and PUT\n";
         return send_all(fd, head(405, body.size()) + body) && !close_after;
     }
     if (fault.fault == Fault::Status) {
@@ -318,6 +378,38 @@ bool TestServer::handle(int fd, const std::string& request) {
         default:
             return send_all(fd, headers + body) && !close_after;
     }
+}
+
+bool TestServer::handle_put(int fd, const std::string& path, std::optional<std::uint64_t> content_length,
+                            const FaultState& fault, std::string& buffer) {
+    if (!content_length) {
+        const std::string body = "Content-Length required\n";
+        send_all(fd, head(411, body.size()) + body);
+        return false;  // the body's framing is unknown: cannot keep the connection
+    }
+    const auto size = static_cast<std::size_t>(*content_length);
+    std::string data;
+    switch (fault.fault) {
+        case Fault::ShortBody:
+            read_body(fd, buffer, size / 2, data);
+            return false;
+        case Fault::Stall:
+            if (!read_body(fd, buffer, size / 2, data)) return false;
+            wait_for_hangup(fd, stopping_);
+            return false;
+        default:
+            break;
+    }
+    if (!read_body(fd, buffer, size, data)) return false;
+    if (fault.fault == Fault::Status) {
+        const std::string body = "injected fault\n";
+        return send_all(fd, head(fault.status, body.size()) + body);
+    }
+    {
+        std::lock_guard lock(mutex_);
+        objects_[path] = std::move(data);
+    }
+    return send_all(fd, head(201, 0));
 }
 
 std::uint16_t unused_port() {

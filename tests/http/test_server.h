@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,17 +18,23 @@ namespace shelbyfs::test {
 enum class Fault {
     None,
     Status,             ///< answer `status` (e.g. 503, 429) with a small body
-    ShortBody,          ///< send headers with the full Content-Length, half the body, then close
-    Stall,              ///< send headers, then nothing until the client hangs up
+    ShortBody,          ///< send headers with the full Content-Length, half the body, then close;
+                        ///< PUT: read half the request body, then close without answering
+    Stall,              ///< send headers, then nothing until the client hangs up;
+                        ///< PUT: read half the request body, then stop reading and never answer
     IgnoreRange,        ///< answer 200 with the whole object, whatever the Range
     WrongContentRange,  ///< answer 206 with a Content-Range (and bytes) shifted by one
     ExtraByte,          ///< answer 206 with the right Content-Range but one byte too many
 };
 
 /// Serves registered in-memory objects on 127.0.0.1 at a kernel-chosen port.
-/// GET only; `Range: bytes=a-b` or `bytes=a-` gives 206 with Content-Range and
+/// GET: `Range: bytes=a-b` or `bytes=a-` gives 206 with Content-Range and
 /// an exact Content-Length, no Range gives 200, a start at or past the end
-/// gives 416, unknown paths give 404. Connections are kept alive.
+/// gives 416, unknown paths give 404. PUT (Content-Length bodies only, else
+/// 411) stores the body at the path and answers 201. HEAD answers 200 with the
+/// stored object's Content-Length, or 404. Faults apply to every method
+/// (Status answers without a body for HEAD, after reading the body for PUT).
+/// Other methods give 405. Connections are kept alive.
 ///
 /// Thread-safe: objects and faults may be changed and counters read from any
 /// thread while requests are served. One accept thread plus one thread per
@@ -54,6 +61,10 @@ public:
     int requests(const std::string& path) const;
     /// The Range header of the last request for `path` ("" if none).
     std::string last_range(const std::string& path) const;
+    /// The request line and headers of the last request for `path` ("" if none).
+    std::string last_request(const std::string& path) const;
+    /// The object stored at `path` (by put() or an HTTP PUT), if any.
+    std::optional<std::string> object(const std::string& path) const;
     /// TCP connections accepted so far.
     int connections() const { return connections_.load(); }
 
@@ -70,8 +81,12 @@ private:
 
     void accept_loop();
     void serve(int fd);
-    // Handles one request; returns false when the connection must close.
-    bool handle(int fd, const std::string& request);
+    // Handles one request; `buffer` holds the bytes received after its
+    // headers, and a PUT consumes its body from it (reading more from `fd`).
+    // Returns false when the connection must close.
+    bool handle(int fd, const std::string& request, std::string& buffer);
+    bool handle_put(int fd, const std::string& path, std::optional<std::uint64_t> content_length,
+                    const FaultState& fault, std::string& buffer);
 
     int listen_fd_ = -1;
     std::uint16_t port_ = 0;
@@ -83,6 +98,7 @@ private:
     std::map<std::string, FaultState> faults_;
     std::map<std::string, int> requests_;
     std::map<std::string, std::string> last_range_;
+    std::map<std::string, std::string> last_request_;
     std::vector<std::unique_ptr<Connection>> conns_;
 
     std::thread accept_thread_;
