@@ -26,9 +26,9 @@ std::string errno_text(int err) { return std::strerror(err); }
 
 std::future<Result<std::string>> FileReader::read_range(const std::string& location, std::uint64_t offset,
                                                         std::uint64_t length) {
+    std::string data(length, '\0');  // allocate before open: a throw must not leak the fd
     int fd = ::open(location.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return ready(make_error(Errc::Io, location + ": cannot open: " + errno_text(errno)));
-    std::string data(length, '\0');
     std::uint64_t done = 0;
     while (done < length) {
         ssize_t n = ::pread(fd, data.data() + done, length - done, static_cast<off_t>(offset + done));
@@ -75,7 +75,12 @@ Result<std::string> read_local_file(const std::string& path) {
             return make_error(Errc::Io, path + ": read failed: " + errno_text(err));
         }
         if (n == 0) break;
-        data.append(buf, static_cast<std::size_t>(n));
+        try {
+            data.append(buf, static_cast<std::size_t>(n));
+        } catch (...) {
+            ::close(fd);
+            throw;
+        }
     }
     ::close(fd);
     return data;

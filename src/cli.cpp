@@ -36,7 +36,8 @@ manifest's hashes, and kept in an in-memory LRU cache. The command returns once
 the mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint>`.
   -f                  stay in the foreground, logging to stderr
   -d                  foreground with libfuse's request trace
-  -o cache_size=SIZE  block cache budget (default 512MiB)
+  -o cache_size=SIZE  block cache budget (default 512MiB; at least the
+                      manifest's block size)
   -o threads=N        FUSE worker threads (default 16)
   -o retries=N        retries of a failed HTTP request (default 5)
   -o timeout=SECS     abort a transfer that stalls this long (default 30)

@@ -41,7 +41,13 @@ Fetcher::Slot Fetcher::acquire(const BlockKey& key) {
         inflight_.emplace(key, std::make_pair(std::move(promise), slot.pending));
     }
     fetches_.fetch_add(1, std::memory_order_relaxed);
-    slot.first_attempt = reader_.read_range(objects_[key.object].location, block_offset(key), block_length(key));
+    try {
+        slot.first_attempt = reader_.read_range(objects_[key.object].location, block_offset(key), block_length(key));
+    } catch (...) {
+        // Never leave a registered fetch unresolved: joiners would wait for ever.
+        publish(slot, make_error(Errc::Internal, "fetch: starting the request failed (F04)"));
+        throw;
+    }
     return slot;
 }
 
@@ -85,19 +91,33 @@ Result<BlockPtr> Fetcher::complete(Slot& slot) {
         } catch (const std::exception& e) {
             result = make_error(Errc::Internal, std::string("fetch: ") + e.what() + " (F02)");
         }
-        if (result) cache_.insert(slot.key, *result);
-        std::unique_ptr<std::promise<Result<BlockPtr>>> promise;
-        {
-            std::lock_guard lock(inflight_mutex_);
-            auto it = inflight_.find(slot.key);
-            promise = std::move(it->second.first);
-            inflight_.erase(it);
+        if (result) {
+            try {
+                cache_.insert(slot.key, *result);
+            } catch (...) {
+                // Not caching is fine; the bytes are still good for this read.
+            }
         }
-        promise->set_value(result);
-        slot.lead = nullptr;
+        publish(slot, result);
         return result;
     }
     return slot.pending.get();
+}
+
+void Fetcher::publish(Slot& slot, const Result<BlockPtr>& result) noexcept {
+    std::unique_ptr<std::promise<Result<BlockPtr>>> promise;
+    {
+        std::lock_guard lock(inflight_mutex_);
+        auto it = inflight_.find(slot.key);
+        promise = std::move(it->second.first);
+        inflight_.erase(it);
+    }
+    slot.lead = nullptr;
+    try {
+        promise->set_value(result);
+    } catch (...) {
+        // set_value only throws if already satisfied, which publish prevents.
+    }
 }
 
 Result<std::size_t> Fetcher::read(std::uint32_t object, std::uint64_t offset, char* buffer, std::size_t size) {
@@ -113,6 +133,16 @@ Result<std::size_t> Fetcher::read(std::uint32_t object, std::uint64_t offset, ch
     // others' (a leader never waits on another fetch, so there is no cycle).
     std::vector<Slot> slots;
     slots.reserve(static_cast<std::size_t>(last - first + 1));
+    // If anything below throws (allocation), resolve the fetches we lead so
+    // that readers who joined them get an error instead of waiting for ever.
+    struct LeadGuard {
+        Fetcher& fetcher;
+        std::vector<Slot>& slots;
+        ~LeadGuard() {
+            for (Slot& s : slots)
+                if (s.lead != nullptr) fetcher.publish(s, make_error(Errc::Internal, "fetch: read aborted (F05)"));
+        }
+    } guard{*this, slots};
     for (std::uint64_t i = first; i <= last; ++i) slots.push_back(acquire(BlockKey{object, i}));
     std::vector<BlockPtr> blocks(slots.size());
     std::optional<Error> failure;

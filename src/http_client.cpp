@@ -25,6 +25,10 @@ namespace shelbyfs {
 
 namespace {
 
+// Slower than this over a whole stall_timeout counts as stalled (curl's low-speed check).
+constexpr long kMinBytesPerSecond = 1024;
+
+
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
@@ -306,6 +310,11 @@ Outcome evaluate(Transfer& t, CURLcode code, milliseconds stall_timeout) {
         return fail(Errc::HttpStatus, "body larger than the " + std::to_string(t.max_body) + "-byte limit");
     }
     if (t.overlong) return retry(Errc::HttpStatus, "HTTP 206 body longer than the " + std::to_string(job.length) + " bytes asked for");
+    if (code == CURLE_OPERATION_TIMEDOUT && !t.stopped_early && t.request_sent) {
+        // curl's low-speed check: a drip of bytes, too slow to ever finish.
+        return retry(Errc::Network, "stalled: under " + std::to_string(kMinBytesPerSecond) + " bytes/s for " +
+                                        std::to_string(stall_timeout.count()) + " ms");
+    }
     if (code != CURLE_OK && !t.stopped_early) {
         std::string cause = t.error_buffer[0] != '\0' ? std::string(t.error_buffer) : curl_easy_strerror(code);
         if (code == CURLE_URL_MALFORMAT || code == CURLE_UNSUPPORTED_PROTOCOL) {
@@ -553,6 +562,11 @@ struct HttpClient::Impl {
         curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS, static_cast<long>(CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
         curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        // The stall check above catches silence; this catches a drip (a byte
+        // now and then) that would otherwise keep one attempt alive for ever.
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, kMinBytesPerSecond);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME,
+                         std::max(1L, static_cast<long>((options_.stall_timeout.count() + 999) / 1000)));
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &on_body);
         curl_easy_setopt(e, CURLOPT_WRITEDATA, raw);
         curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &on_header);

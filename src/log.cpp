@@ -31,7 +31,8 @@ void set_level(Level l) { g_level.store(l); }
 Level level() { return g_level.load(); }
 
 bool set_file(const char* path) {
-    std::FILE* f = std::fopen(path, "a");
+    // "e": close-on-exec, so fusermount3 and other children do not inherit it.
+    std::FILE* f = std::fopen(path, "ae");
     if (f == nullptr) return false;
     std::setvbuf(f, nullptr, _IOLBF, 0);
     std::lock_guard lock(g_mutex);

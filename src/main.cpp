@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <climits>
 #include <csignal>
 #include <cstdio>
@@ -153,13 +154,18 @@ int run_mount(const cli::MountCommand& cmd) {
 
     HttpOptions http_options;
     http_options.max_retries = cmd.retries;
-    http_options.stall_timeout = std::chrono::milliseconds(static_cast<long>(cmd.timeout_s * 1000));
-    http_options.connect_timeout = std::chrono::milliseconds(static_cast<long>(cmd.connect_timeout_s * 1000));
+    auto to_ms = [](double seconds) { return std::chrono::milliseconds(static_cast<long>(std::ceil(seconds * 1000))); };
+    http_options.stall_timeout = to_ms(cmd.timeout_s);
+    http_options.connect_timeout = to_ms(cmd.connect_timeout_s);
     HttpClient http(http_options);
 
     auto loaded = load_manifest(cmd.manifest, http);
     if (!loaded) return fail(loaded.error().message);
     const Manifest& manifest = loaded->manifest;
+
+    if (cmd.cache_size < manifest.block_size)
+        return fail("-o cache_size=" + format_size(cmd.cache_size) + " is smaller than the manifest's block size (" +
+                    format_size(manifest.block_size) + "): nothing could be cached");
 
     std::vector<ObjectSpec> objects;
     objects.reserve(manifest.shards.size());

@@ -192,6 +192,8 @@ Result<void> Manifest::validate(std::string_view origin) const {
             return invalid(origin, where, "a shard name must be a single file name (no '/', '.' or '..')");
         if (!shard_names.insert(s.name).second) return invalid(origin, where, "duplicate shard name");
         if (s.location.empty()) return invalid(origin, where, "empty location");
+        if (is_url(s.location) && s.location.rfind("http://", 0) != 0 && s.location.rfind("https://", 0) != 0)
+            return invalid(origin, where, "unsupported location scheme (use http://, https:// or a path)");
         std::uint64_t expected = block_count(s.size, block_size);
         if (s.blocks.size() != expected)
             return invalid(origin, where,

@@ -63,6 +63,8 @@ private:
         std::promise<Result<BlockPtr>>* lead = nullptr;  // set when this caller leads
         std::future<Result<std::string>> first_attempt;
     };
+    /// Resolve a fetch this caller leads and remove it from inflight_.
+    void publish(Slot& slot, const Result<BlockPtr>& result) noexcept;
     Slot acquire(const BlockKey& key);
     Result<BlockPtr> complete(Slot& slot);
     Result<BlockPtr> verify_or_refetch(const BlockKey& key, std::future<Result<std::string>> first);

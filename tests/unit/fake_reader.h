@@ -20,11 +20,16 @@ public:
     std::map<std::string, std::string> objects;
     int corrupt_next = 0;
     std::optional<Error> fail_with;
+    int throw_next = 0;  ///< read_range throws std::bad_alloc this many times
 
     std::future<Result<std::string>> read_range(const std::string& location, std::uint64_t offset,
                                                 std::uint64_t length) override {
         std::lock_guard lock(mutex_);
         ++requests_;
+        if (throw_next > 0) {
+            --throw_next;
+            throw std::bad_alloc();
+        }
         std::promise<Result<std::string>> p;
         auto f = p.get_future();
         Result<std::string> r = answer_locked(location, offset, length);

@@ -123,6 +123,18 @@ TEST_SUITE("fetcher") {
         CHECK(r.error().message.find("gone: 404") != std::string::npos);
     }
 
+    TEST_CASE("an exception while starting a fetch leaves no reader waiting for ever") {
+        Fixture fx;
+        BlockCache cache(1 << 20);
+        Fetcher f(fx.reader, cache, fx.objects());
+        fx.reader.throw_next = 1;
+        std::string buf(10, '\0');
+        CHECK_THROWS_AS((void)f.read(0, 0, buf.data(), buf.size()), std::bad_alloc);
+        // The block is not stuck in flight: the next read fetches it afresh.
+        CHECK(read_all(f, 0, 10) == fx.bytes.substr(0, 10));
+        CHECK(f.stats().joined == 0);
+    }
+
     TEST_CASE("a tiny cache still serves correct bytes") {
         Fixture fx;
         BlockCache cache(4096);  // one block

@@ -127,6 +127,10 @@ TEST_SUITE("manifest") {
             doc["shards"][0]["name"] = "a/b.tar";
             CHECK(contains(message_of(doc), "shards[0]"));
         }
+        SUBCASE("unsupported location scheme") {
+            doc["shards"][1]["location"] = "ftp://host/s1.tar";
+            CHECK(contains(message_of(doc), "shards[1] (\"s1.tar\"): unsupported location scheme"));
+        }
         SUBCASE("duplicate shard name") {
             doc["shards"][1]["name"] = "s0.tar";
             CHECK(contains(message_of(doc), "duplicate shard name"));
