@@ -6,4 +6,17 @@ cd "$(dirname "$0")/.."
 bash tools/deps.sh
 [ -f build/build.ninja ] || meson setup build
 meson compile -C build
-meson test -C build --print-errorlogs "$@"
+rc=0
+meson test -C build --print-errorlogs "$@" || rc=$?
+# One plain closing line from meson's own log of this run.
+python3 - <<'PY'
+import json
+counts = {"passed": 0, "failed": 0, "skipped": 0}
+with open("build/meson-logs/testlog.json") as f:
+    for line in f:
+        result = json.loads(line).get("result", "")
+        key = {"OK": "passed", "EXPECTEDFAIL": "passed", "SKIP": "skipped"}.get(result, "failed")
+        counts[key] += 1
+print(f"tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
+PY
+exit "$rc"
