@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <unordered_set>
 
 namespace shelbyfs {
@@ -51,7 +52,25 @@ public:
         return *h;
     }
 
+    /// Store a field into `out`; on failure remember the first error and
+    /// return false, so several fields read as one && chain.
+    bool read(const char* key, std::string& out) { return take(string(key), out); }
+    bool read(const char* key, std::uint64_t& out) { return take(uint(key), out); }
+    bool read(const char* key, ContentHash& out) { return take(hash(key), out); }
+    Error error() const { return error_.value_or(make_error(Errc::Internal, "manifest: no error (M01)")); }
+
 private:
+    template <typename T>
+    bool take(Result<T> r, T& out) {
+        if (!r) {
+            if (!error_) error_ = r.error();
+            return false;
+        }
+        out = std::move(*r);
+        return true;
+    }
+
+    std::optional<Error> error_;
     const Json& object_;
     std::string_view origin_;
     std::string where_;
@@ -122,18 +141,9 @@ Result<Manifest> Manifest::parse(std::string_view text, std::string_view origin)
         if (!entry.is_object()) return invalid(origin, where, "not a JSON object");
         Fields f(entry, origin, where);
         ShardInfo s;
-        auto name = f.string("name");
-        if (!name) return name.error();
-        s.name = std::move(*name);
-        auto location = f.string("location");
-        if (!location) return location.error();
-        s.location = std::move(*location);
-        auto size = f.uint("size");
-        if (!size) return size.error();
-        s.size = *size;
-        auto hash = f.hash("xxh3_128");
-        if (!hash) return hash.error();
-        s.hash = *hash;
+        if (!(f.read("name", s.name) && f.read("location", s.location) && f.read("size", s.size) &&
+              f.read("xxh3_128", s.hash)))
+            return f.error();
         auto blocks = entry.find("blocks");
         if (blocks == entry.end() || !blocks->is_array())
             return invalid(origin, where, "field \"blocks\" is missing or not an array");
@@ -154,23 +164,13 @@ Result<Manifest> Manifest::parse(std::string_view text, std::string_view origin)
         if (!entry.is_object()) return invalid(origin, where, "not a JSON object");
         Fields f(entry, origin, where);
         SampleInfo s;
-        auto path = f.string("path");
-        if (!path) return path.error();
-        s.path = std::move(*path);
-        auto shard = f.uint("shard");
-        if (!shard) return shard.error();
-        if (*shard > std::numeric_limits<std::uint32_t>::max())
+        std::uint64_t shard = 0;
+        if (!(f.read("path", s.path) && f.read("shard", shard) && f.read("offset", s.offset) &&
+              f.read("size", s.size) && f.read("xxh3_128", s.hash)))
+            return f.error();
+        if (shard > std::numeric_limits<std::uint32_t>::max())
             return invalid(origin, where + " (" + json_quote(s.path) + ")", "shard index out of range");
-        s.shard = static_cast<std::uint32_t>(*shard);
-        auto offset = f.uint("offset");
-        if (!offset) return offset.error();
-        s.offset = *offset;
-        auto size = f.uint("size");
-        if (!size) return size.error();
-        s.size = *size;
-        auto hash = f.hash("xxh3_128");
-        if (!hash) return hash.error();
-        s.hash = *hash;
+        s.shard = static_cast<std::uint32_t>(shard);
         m.samples.push_back(std::move(s));
     }
 
