@@ -2,11 +2,16 @@
 #include "shelbyfs/http_client.h"
 
 #include <curl/curl.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -34,15 +39,94 @@ using std::chrono::milliseconds;
 
 enum class Kind { Range, Whole, Put, Head };
 
+// Put: where the request body comes from. Every attempt reads it from offset 0
+// (curl may also seek back within an attempt). The size is fixed at submission.
+// read() is called on the I/O thread only.
+class UploadSource {
+public:
+    virtual ~UploadSource() = default;
+    virtual std::uint64_t size() const = 0;
+    // " from <path>", or "" for memory, to complete "PUT <url> (<n> bytes...)".
+    virtual std::string origin() const = 0;
+    // Copies between 1 and `n` bytes at `offset` into `buffer`; `n` > 0 and
+    // offset + n <= size(). Returns the count, or the cause of a local failure.
+    virtual Result<std::size_t> read(std::uint64_t offset, char* buffer, std::size_t n) = 0;
+};
+
+// put(): a shared in-memory body.
+class BytesSource final : public UploadSource {
+public:
+    explicit BytesSource(std::shared_ptr<const std::string> body) : body_(std::move(body)) {}
+    std::uint64_t size() const override { return body_->size(); }
+    std::string origin() const override { return {}; }
+    Result<std::size_t> read(std::uint64_t offset, char* buffer, std::size_t n) override {
+        std::copy_n(body_->data() + offset, n, buffer);
+        return n;
+    }
+
+private:
+    std::shared_ptr<const std::string> body_;
+};
+
+// put_file(): a local file read with pread(), so only curl's upload buffer is
+// ever in memory. Owns the descriptor from submission until the job ends.
+class FileSource final : public UploadSource {
+public:
+    static Result<std::unique_ptr<FileSource>> open(const std::string& path) {
+        // O_NONBLOCK: a FIFO must not block the caller in open(); it is rejected below.
+        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+        if (fd < 0) {
+            const int err = errno;
+            return make_error(Errc::Io, "cannot open " + path + ": " + std::strerror(err));
+        }
+        auto source = std::unique_ptr<FileSource>(new FileSource(fd, path));
+        struct stat st {};
+        if (::fstat(fd, &st) != 0) {
+            const int err = errno;
+            return make_error(Errc::Io, "cannot stat " + path + ": " + std::strerror(err));
+        }
+        if (!S_ISREG(st.st_mode)) return make_error(Errc::Io, "cannot upload " + path + ": not a regular file");
+        source->size_ = static_cast<std::uint64_t>(st.st_size);
+        ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);  // a hint: failure is harmless
+        return source;
+    }
+    ~FileSource() override { ::close(fd_); }
+    FileSource(const FileSource&) = delete;
+    FileSource& operator=(const FileSource&) = delete;
+
+    std::uint64_t size() const override { return size_; }
+    std::string origin() const override { return " from " + path_; }
+    Result<std::size_t> read(std::uint64_t offset, char* buffer, std::size_t n) override {
+        for (;;) {
+            const ssize_t got = ::pread(fd_, buffer, n, static_cast<off_t>(offset));
+            if (got > 0) return static_cast<std::size_t>(got);
+            const int err = errno;
+            if (got < 0 && err == EINTR) continue;
+            if (got == 0) {
+                return make_error(Errc::Io, "local file " + path_ + " ended at byte " + std::to_string(offset) +
+                                                ", short of its size when submitted (changed during upload?)");
+            }
+            return make_error(Errc::Io, "reading local file " + path_ + " at byte " + std::to_string(offset) +
+                                            " failed: " + std::strerror(err));
+        }
+    }
+
+private:
+    FileSource(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+    int fd_;
+    std::string path_;
+    std::uint64_t size_ = 0;
+};
+
 // One request as the caller sees it; survives across attempts.
 struct Job {
     Kind kind = Kind::Range;
     std::string url;
     std::uint64_t offset = 0;
     std::uint64_t length = 0;
-    std::shared_ptr<const std::string> upload;  // Put: the body, re-sent whole on every attempt
-    std::vector<std::string> extra_headers;      // Put: given by the caller
-    curl_slist* header_list = nullptr;           // built by the I/O thread on the first attempt
+    std::unique_ptr<UploadSource> upload;    // Put: the body, re-sent whole on every attempt
+    std::vector<std::string> extra_headers;  // Put: given by the caller
+    curl_slist* header_list = nullptr;       // built by the I/O thread on the first attempt
     // Range/Whole: the body; Put: nothing; Head: the Content-Length.
     std::variant<std::promise<Result<std::string>>, std::promise<Result<void>>, std::promise<Result<std::uint64_t>>>
         promise;
@@ -60,7 +144,7 @@ struct Job {
             case Kind::Whole:
                 return "GET " + url;
             case Kind::Put:
-                return "PUT " + url + " (" + std::to_string(upload->size()) + " bytes)";
+                return "PUT " + url + " (" + std::to_string(upload->size()) + " bytes" + upload->origin() + ")";
             case Kind::Head:
                 return "HEAD " + url;
         }
@@ -83,7 +167,8 @@ struct Transfer {
     std::string body;             // Range: the wanted bytes only; Whole: everything
     std::uint64_t received = 0;   // body bytes of the final response, kept or not
     std::uint64_t received_total = 0;  // all body bytes, for stats
-    std::size_t sent = 0;              // Put: read offset into job->upload, this attempt only
+    std::uint64_t sent = 0;            // Put: read offset into job->upload, this attempt only
+    std::string read_error;            // Put: why job->upload could not be read (not retried)
     Clock::time_point added{};
     Clock::time_point last_progress{};
     bool request_sent = false;
@@ -163,15 +248,25 @@ std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user)
     }
 }
 
-// Put: feeds curl the next slice of the shared body.
+// Put: feeds curl the next slice of the body.
 std::size_t on_read(char* buffer, std::size_t size, std::size_t count, void* user) {
     auto& t = *static_cast<Transfer*>(user);
-    const std::string& body = *t.job->upload;
-    const std::size_t n = std::min(size * count, body.size() - t.sent);
-    std::copy_n(body.data() + t.sent, n, buffer);
-    t.sent += n;
-    t.last_progress = Clock::now();
-    return n;
+    UploadSource& source = *t.job->upload;
+    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(size * count, source.size() - t.sent));
+    if (n == 0) return 0;
+    try {
+        Result<std::size_t> got = source.read(t.sent, buffer, n);
+        if (!got) {
+            t.read_error = std::move(got).error().message;
+            return CURL_READFUNC_ABORT;
+        }
+        t.sent += *got;
+        t.last_progress = Clock::now();
+        return *got;
+    } catch (const std::bad_alloc&) {
+        t.out_of_memory = true;
+        return CURL_READFUNC_ABORT;
+    }
 }
 
 // Put: curl rewinds when it must re-send the body on the same attempt (a
@@ -181,7 +276,7 @@ int on_seek(void* user, curl_off_t offset, int origin) {
     if (origin != SEEK_SET || offset < 0 || static_cast<std::uint64_t>(offset) > t.job->upload->size()) {
         return CURL_SEEKFUNC_CANTSEEK;
     }
-    t.sent = static_cast<std::size_t>(offset);
+    t.sent = static_cast<std::uint64_t>(offset);
     return CURL_SEEKFUNC_OK;
 }
 
@@ -302,10 +397,12 @@ std::string range_text(std::uint64_t first, std::uint64_t last) {
 
 Outcome evaluate(Transfer& t, CURLcode code, milliseconds stall_timeout) {
     const Job& job = *t.job;
+    // A local read failure would fail again: the file, not the network, is at fault.
+    if (!t.read_error.empty()) return fail(Errc::Io, t.read_error);
     if (t.stalled) {
         return retry(Errc::Network, "stalled: no data for " + std::to_string(stall_timeout.count()) + " ms");
     }
-    if (t.out_of_memory) return fail(Errc::Internal, "out of memory buffering the body (http-oom)");
+    if (t.out_of_memory) return fail(Errc::Internal, "out of memory handling the body (http-oom)");
     if (t.too_big) {
         return fail(Errc::HttpStatus, "body larger than the " + std::to_string(t.max_body) + "-byte limit");
     }
@@ -431,6 +528,26 @@ struct HttpClient::Impl {
             return;
         }
         curl_multi_wakeup(multi_);
+    }
+
+    // Validates the headers, then queues a PUT of `source`.
+    std::future<Result<void>> submit_put(const std::string& url, std::unique_ptr<UploadSource> source,
+                                         std::vector<std::string> headers) {
+        auto job = std::make_unique<Job>();
+        job->kind = Kind::Put;
+        job->url = url;
+        job->upload = std::move(source);
+        job->extra_headers = std::move(headers);
+        auto& promise = job->promise.emplace<1>();
+        auto future = promise.get_future();
+        for (const auto& h : job->extra_headers) {
+            if (h.find_first_of("\r\n") != std::string::npos || h.find(':') == std::string::npos) {
+                promise.set_value(make_error(Errc::InvalidArgument, job->describe() + ": bad header '" + h + "'"));
+                return future;
+            }
+        }
+        submit(std::move(job));
+        return future;
     }
 
     HttpClient::Stats stats() const {
@@ -795,21 +912,19 @@ std::future<Result<std::string>> HttpClient::get(const std::string& url) {
 
 std::future<Result<void>> HttpClient::put(const std::string& url, std::shared_ptr<const std::string> body,
                                           std::vector<std::string> headers) {
-    auto job = std::make_unique<Job>();
-    job->kind = Kind::Put;
-    job->url = url;
-    job->upload = body ? std::move(body) : std::make_shared<const std::string>();
-    job->extra_headers = std::move(headers);
-    auto& promise = job->promise.emplace<1>();
-    auto future = promise.get_future();
-    for (const auto& h : job->extra_headers) {
-        if (h.find_first_of("\r\n") != std::string::npos || h.find(':') == std::string::npos) {
-            promise.set_value(make_error(Errc::InvalidArgument, job->describe() + ": bad header '" + h + "'"));
-            return future;
-        }
+    if (!body) body = std::make_shared<const std::string>();
+    return impl_->submit_put(url, std::make_unique<BytesSource>(std::move(body)), std::move(headers));
+}
+
+std::future<Result<void>> HttpClient::put_file(const std::string& url, const std::string& path,
+                                               std::vector<std::string> headers) {
+    auto source = FileSource::open(path);
+    if (!source) {
+        std::promise<Result<void>> promise;
+        promise.set_value(make_error(Errc::Io, "PUT " + url + ": " + source.error().message));
+        return promise.get_future();
     }
-    impl_->submit(std::move(job));
-    return future;
+    return impl_->submit_put(url, std::move(source).value(), std::move(headers));
 }
 
 std::future<Result<std::uint64_t>> HttpClient::head(const std::string& url) {

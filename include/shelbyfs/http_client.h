@@ -1,5 +1,6 @@
 // HttpClient: the one owner of libcurl. A curl-multi I/O thread serves ranged
-// GETs, whole-object GETs, PUTs and HEADs submitted from any thread, with retries.
+// GETs, whole-object GETs, PUTs (from memory or streamed from a file) and HEADs
+// submitted from any thread, with retries.
 #pragma once
 
 #include <chrono>
@@ -65,6 +66,16 @@ public:
     /// A null `body` uploads an empty object.
     std::future<Result<void>> put(const std::string& url, std::shared_ptr<const std::string> body,
                                   std::vector<std::string> headers = {});
+    /// PUT the local file `path` to `url`, streamed from disk with pread() (never
+    /// held in memory whole, so multi-GiB checkpoints are fine). The file is opened
+    /// and its size taken from fstat() here, before this returns; the descriptor is
+    /// held until the future is ready, and every attempt re-reads the file from
+    /// offset 0. Status, retry and header rules are those of put(). A file that
+    /// cannot be opened, is not a regular file, fails to read, or turns out shorter
+    /// than its submitted size fails with Errc::Io naming the path, unretried.
+    /// Errors name the URL, size, path and cause.
+    std::future<Result<void>> put_file(const std::string& url, const std::string& path,
+                                       std::vector<std::string> headers = {});
     /// HEAD `url`: the Content-Length if 200, Errc::NotFound on 404 (used to skip uploads
     /// of objects that already exist, and to verify an upload landed with the right size).
     /// Other statuses and a 200 without Content-Length give HttpStatus.

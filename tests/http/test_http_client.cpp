@@ -1,8 +1,10 @@
 // HttpClient against the in-process loopback TestServer: ranges, retries, faults.
 #include <doctest/doctest.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
@@ -18,6 +20,7 @@ using shelbyfs::HttpClient;
 using shelbyfs::HttpOptions;
 using shelbyfs::Result;
 using shelbyfs::test::Fault;
+using shelbyfs::test::TempDir;
 using shelbyfs::test::TestServer;
 
 namespace {
@@ -824,5 +827,167 @@ TEST_SUITE("http_client") {
             CHECK(h.value() == 1000);
         }
         CHECK(shelbyfs::test::open_fd_count() == fds_before);
+    }
+
+    TEST_CASE("put_file streams a multi-MiB file that arrives byte for byte") {
+        const int fds_before = shelbyfs::test::open_fd_count();
+        {
+            TempDir dir;
+            // Not a multiple of any buffer size, so the last read is a partial one.
+            const std::string data = pattern((12 << 20) + 12345, 3);
+            const std::string path = dir.write("ckpt.bin", data);
+            TestServer server;
+            HttpClient client(fast_options());
+            const std::string url = server.url("/ckpt/file");
+            auto r = wait(client.put_file(url, path, {"Content-Type: application/octet-stream"}), 10000ms);
+            REQUIRE_MESSAGE(r.ok(), r.error().message);
+            REQUIRE(server.object("/ckpt/file").has_value());
+            CHECK(server.object("/ckpt/file")->size() == data.size());
+            CHECK(*server.object("/ckpt/file") == data);
+            const std::string request = server.last_request("/ckpt/file");
+            CHECK(contains(request, "PUT /ckpt/file HTTP/1.1\r\n"));
+            CHECK(contains(request, "\r\nContent-Length: " + std::to_string(data.size()) + "\r\n"));
+            CHECK(contains(request, "\r\nContent-Type: application/octet-stream\r\n"));
+            CHECK_FALSE(contains(request, "Expect:"));
+            CHECK(server.requests("/ckpt/file") == 1);
+            const auto stats = client.stats();
+            CHECK(stats.requests == 1);
+            CHECK(stats.retries == 0);
+            CHECK(stats.bytes_sent == data.size());
+        }
+        // The source file's descriptor is closed once the upload is done.
+        CHECK(shelbyfs::test::open_fd_count() == fds_before);
+    }
+
+    TEST_CASE("put_file cut off mid-body is retried and re-sends the whole file") {
+        TempDir dir;
+        const std::string data = pattern(4 << 20, 5);
+        const std::string path = dir.write("ckpt.bin", data);
+        TestServer server;
+        server.set_fault("/obj", Fault::ShortBody, 1);  // read half the body, then reset
+        HttpClient client(fast_options());
+        auto r = wait(client.put_file(server.url("/obj"), path), 10000ms);
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        CHECK(server.requests("/obj") == 2);
+        CHECK(client.stats().retries == 1);
+        // Half on the first attempt, then every byte again from offset 0.
+        CHECK(server.body_bytes("/obj") == data.size() / 2 + data.size());
+        REQUIRE(server.object("/obj").has_value());
+        CHECK(*server.object("/obj") == data);
+    }
+
+    TEST_CASE("put_file re-reads the whole file on every retry after a transient status") {
+        TempDir dir;
+        const std::string data = pattern(300000, 9);
+        const std::string path = dir.write("ckpt.bin", data);
+        TestServer server;
+        server.set_fault("/obj", Fault::Status, 2, 503);
+        HttpClient client(fast_options());
+        auto r = wait(client.put_file(server.url("/obj"), path));
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        CHECK(server.requests("/obj") == 3);
+        CHECK(server.body_bytes("/obj") == 3 * data.size());
+        CHECK(client.stats().bytes_sent == 3 * data.size());
+        REQUIRE(server.object("/obj").has_value());
+        CHECK(*server.object("/obj") == data);
+    }
+
+    TEST_CASE("put_file with retries exhausted names URL, size, path, status and attempts") {
+        TempDir dir;
+        const std::string path = dir.write("ckpt.bin", pattern(100));
+        TestServer server;
+        server.set_fault("/obj", Fault::Status, -1, 503);
+        HttpOptions options = fast_options();
+        options.max_retries = 1;
+        HttpClient client(options);
+        auto r = wait(client.put_file(server.url("/obj"), path));
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::HttpStatus);
+        CHECK(r.error().message ==
+              "PUT " + server.url("/obj") + " (100 bytes from " + path + "): HTTP 503 after 2 attempts");
+        CHECK(server.requests("/obj") == 2);
+    }
+
+    TEST_CASE("put_file of a missing or unreadable local file fails at once with Io naming the path") {
+        TempDir dir;
+        TestServer server;
+        HttpClient client(fast_options());
+        std::string path;
+        std::string cause;
+        SUBCASE("missing") {
+            path = dir.file("no-such-file");
+            cause = "cannot open " + path + ": No such file or directory";
+        }
+        SUBCASE("a directory") {
+            path = dir.path();
+            cause = "cannot upload " + path + ": not a regular file";
+        }
+        SUBCASE("a FIFO with no writer (must not block)") {
+            path = dir.file("fifo");
+            REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+            cause = "cannot upload " + path + ": not a regular file";
+        }
+        CAPTURE(path);
+        auto f = client.put_file(server.url("/obj"), path);
+        REQUIRE(f.wait_for(0ms) == std::future_status::ready);
+        auto r = f.get();
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::Io);
+        CHECK(r.error().message == "PUT " + server.url("/obj") + ": " + cause);
+        CHECK(server.requests("/obj") == 0);
+        CHECK(client.stats().requests == 0);
+    }
+
+    TEST_CASE("put_file of a file that shrinks during the upload fails with Io and is not retried") {
+        TempDir dir;
+        const std::string data = pattern(1 << 20);
+        const std::string path = dir.write("ckpt.bin", data);
+        TestServer server;
+        // Every attempt the server completes is refused, so only the local error can end this early.
+        server.set_fault("/obj", Fault::Status, -1, 503);
+        HttpOptions options = fast_options();
+        options.max_retries = 5;
+        options.backoff_initial = 100ms;
+        HttpClient client(options);
+        auto f = client.put_file(server.url("/obj"), path);
+        // The size was fixed at submission; the file now ends short of it.
+        std::filesystem::resize_file(path, 1000);
+        auto r = wait(std::move(f));
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::Io);
+        CHECK(contains(r.error().message, "PUT " + server.url("/obj") + " (1048576 bytes from " + path + "): "));
+        CHECK(contains(r.error().message, "local file " + path + " ended at byte "));
+        // At most the one attempt that may have read the file before it shrank was retried.
+        CHECK(server.requests("/obj") <= 2);
+        CHECK(client.stats().retries <= 1);
+        CHECK_FALSE(server.object("/obj").has_value());
+    }
+
+    TEST_CASE("put_file of an empty file stores an empty object") {
+        TempDir dir;
+        const std::string path = dir.write("empty", "");
+        TestServer server;
+        server.put("/obj", "previous");
+        HttpClient client(fast_options());
+        auto r = wait(client.put_file(server.url("/obj"), path));
+        REQUIRE_MESSAGE(r.ok(), r.error().message);
+        REQUIRE(server.object("/obj").has_value());
+        CHECK(server.object("/obj")->empty());
+        CHECK(contains(server.last_request("/obj"), "\r\nContent-Length: 0\r\n"));
+        CHECK(client.stats().bytes_sent == 0);
+    }
+
+    TEST_CASE("put_file with a malformed header fails without a request") {
+        TempDir dir;
+        const std::string path = dir.write("f", "abc");
+        TestServer server;
+        HttpClient client(fast_options());
+        auto f = client.put_file(server.url("/obj"), path, {"X-A: 1\r\nX-B: 2"});
+        REQUIRE(f.wait_for(0ms) == std::future_status::ready);
+        auto r = f.get();
+        REQUIRE_FALSE(r.ok());
+        CHECK(r.error().code == Errc::InvalidArgument);
+        CHECK(contains(r.error().message, "PUT " + server.url("/obj") + " (3 bytes from " + path + "): bad header"));
+        CHECK(server.requests("/obj") == 0);
     }
 }

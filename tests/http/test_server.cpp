@@ -14,6 +14,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <optional>
 #include <string_view>
 
@@ -135,6 +136,51 @@ std::string head(int status, std::uint64_t content_length, const std::string& ex
            std::to_string(content_length) + "\r\nAccept-Ranges: bytes\r\n" + extra + "\r\n";
 }
 
+// Decodes %XX escapes (malformed ones are kept as they are).
+std::string percent_decode(std::string_view s) {
+    std::string out;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        unsigned value = 0;
+        if (s[i] == '%' && i + 2 < s.size() &&
+            std::from_chars(s.data() + i + 1, s.data() + i + 3, value, 16).ptr == s.data() + i + 3) {
+            out += static_cast<char>(value);
+            i += 2;
+        } else {
+            out += s[i];
+        }
+    }
+    return out;
+}
+
+std::string json_string(std::string_view s) {
+    std::string out = "\"";
+    for (const char c : s) {
+        const auto u = static_cast<unsigned char>(c);
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += c;
+        } else if (u < 0x20) {
+            char escape[8];
+            std::snprintf(escape, sizeof escape, "\\u%04x", u);
+            out += escape;
+        } else {
+            out += c;  // UTF-8 passes through, as nginx writes it
+        }
+    }
+    return out + "\"";
+}
+
+std::string html_text(std::string_view s) {
+    std::string out;
+    for (const char c : s) {
+        if (c == '<') out += "&lt;";
+        else if (c == '>') out += "&gt;";
+        else if (c == '&') out += "&amp;";
+        else out += c;
+    }
+    return out;
+}
+
 std::string content_range(std::uint64_t first, std::uint64_t last, std::uint64_t size) {
     return "Content-Range: bytes " + std::to_string(first) + "-" + std::to_string(last) + "/" +
            std::to_string(size) + "\r\n";
@@ -205,6 +251,73 @@ std::optional<std::string> TestServer::object(const std::string& path) const {
     const auto it = objects_.find(path);
     if (it == objects_.end()) return std::nullopt;
     return it->second;
+}
+
+void TestServer::set_listing(Listing listing) {
+    std::lock_guard lock(mutex_);
+    listing_ = listing;
+}
+
+std::uint64_t TestServer::body_bytes(const std::string& path) const {
+    std::lock_guard lock(mutex_);
+    const auto it = body_bytes_.find(path);
+    return it == body_bytes_.end() ? 0 : it->second;
+}
+
+std::vector<std::string> TestServer::paths() const {
+    std::lock_guard lock(mutex_);
+    std::vector<std::string> out;
+    for (const auto& [path, body] : objects_) out.push_back(path);
+    return out;
+}
+
+void TestServer::count_body_bytes(const std::string& path, std::size_t n) {
+    std::lock_guard lock(mutex_);
+    body_bytes_[path] += n;
+}
+
+std::optional<std::string> TestServer::listing_locked(const std::string& path) const {
+    // raw (as linked) -> is a directory; a map keeps entries sorted and unique.
+    std::map<std::string, bool> entries;
+    for (auto it = objects_.lower_bound(path); it != objects_.end() && it->first.starts_with(path); ++it) {
+        const std::string rest = it->first.substr(path.size());
+        if (rest.empty()) continue;
+        const auto slash = rest.find('/');
+        if (slash == std::string::npos) {
+            entries.emplace(rest, false);
+        } else if (slash > 0) {
+            entries[rest.substr(0, slash)] = true;
+        }
+    }
+    if (entries.empty()) return std::nullopt;
+    const std::string mtime = "Wed, 01 Jan 2025 00:00:00 GMT";
+    std::string out;
+    if (listing_ == Listing::NginxJson) {
+        // The shape nginx's autoindex_format json writes, one entry per line.
+        out = "[\n";
+        bool first = true;
+        for (const auto& [raw, is_dir] : entries) {
+            if (!first) out += ",\n";
+            first = false;
+            out += "{ \"name\":" + json_string(percent_decode(raw)) + ", \"type\":\"" +
+                   (is_dir ? "directory" : "file") + "\", \"mtime\":\"" + mtime + "\"";
+            if (!is_dir) out += ", \"size\":" + std::to_string(objects_.at(path + raw).size());
+            out += " }";
+        }
+        return out + "\n]\n";
+    }
+    // An HTML index with the links real servers add: parent, sort-order
+    // queries (Apache), an absolute path and an absolute URL.
+    out = "<html>\n<head><title>Index of " + html_text(path) + "</title></head>\n<body>\n<h1>Index of " +
+          html_text(path) + "</h1><hr><pre><a href=\"../\">../</a>\n" +
+          "<a href=\"?C=N;O=D\">Name</a> <a href='?C=M;O=A'>Last modified</a>\n";
+    for (const auto& [raw, is_dir] : entries) {
+        const std::string name = percent_decode(raw) + (is_dir ? "/" : "");
+        out += "<a href=\"" + raw + (is_dir ? "/" : "") + "\">" + html_text(name) + "</a>   01-Jan-2025 00:00   " +
+               (is_dir ? std::string("-") : std::to_string(objects_.at(path + raw).size())) + "\n";
+    }
+    out += "</pre><hr><a href=\"/\">home</a> <a href=\"http://example.com/x\">elsewhere</a></body>\n</html>\n";
+    return out;
 }
 
 std::string TestServer::last_range(const std::string& path) const {
@@ -298,7 +411,11 @@ bool TestServer::handle(int fd, const std::string& request, std::string& buffer)
         ++requests_[path];
         last_range_[path] = range_header;
         last_request_[path] = request;
-        if (const auto it = objects_.find(path); it != objects_.end()) object = it->second;
+        if (const auto it = objects_.find(path); it != objects_.end()) {
+            object = it->second;
+        } else if (method == "GET" && listing_ != Listing::None && !path.empty() && path.back() == '/') {
+            object = listing_locked(path);
+        }
         if (auto it = faults_.find(path); it != faults_.end() && it->second.fault != Fault::None &&
                                           it->second.remaining != 0) {
             fault = it->second;
@@ -391,16 +508,18 @@ bool TestServer::handle_put(int fd, const std::string& path, std::optional<std::
     std::string data;
     switch (fault.fault) {
         case Fault::ShortBody:
-            read_body(fd, buffer, size / 2, data);
+            if (read_body(fd, buffer, size / 2, data)) count_body_bytes(path, data.size());
             return false;
         case Fault::Stall:
             if (!read_body(fd, buffer, size / 2, data)) return false;
+            count_body_bytes(path, data.size());
             wait_for_hangup(fd, stopping_);
             return false;
         default:
             break;
     }
     if (!read_body(fd, buffer, size, data)) return false;
+    count_body_bytes(path, data.size());
     if (fault.fault == Fault::Status) {
         const std::string body = "injected fault\n";
         return send_all(fd, head(fault.status, body.size()) + body);
@@ -410,6 +529,26 @@ bool TestServer::handle_put(int fd, const std::string& path, std::optional<std::
         objects_[path] = std::move(data);
     }
     return send_all(fd, head(201, 0));
+}
+
+TempDir::TempDir() {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string pattern = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/shelbyfs-test-XXXXXX";
+    if (::mkdtemp(pattern.data()) == nullptr) die("TempDir: mkdtemp");
+    path_ = pattern;
+}
+
+TempDir::~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+}
+
+std::string TempDir::write(const std::string& name, const std::string& data) const {
+    const std::string path = file(name);
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    if (f == nullptr) die("TempDir::write: fopen");
+    if (std::fwrite(data.data(), 1, data.size(), f) != data.size() || std::fclose(f) != 0) die("TempDir::write");
+    return path;
 }
 
 std::uint16_t unused_port() {

@@ -27,12 +27,23 @@ enum class Fault {
     ExtraByte,          ///< answer 206 with the right Content-Range but one byte too many
 };
 
+/// What a GET of a collection ("/dir/") with no object stored at that path answers.
+enum class Listing {
+    None,       ///< 404, like any missing object
+    NginxJson,  ///< nginx `autoindex_format json`: [{"name":..,"type":"file"|"directory",..}]
+    Html,       ///< an HTML index with relative, percent-encoded links (and the usual noise)
+};
+
 /// Serves registered in-memory objects on 127.0.0.1 at a kernel-chosen port.
 /// GET: `Range: bytes=a-b` or `bytes=a-` gives 206 with Content-Range and
 /// an exact Content-Length, no Range gives 200, a start at or past the end
 /// gives 416, unknown paths give 404. PUT (Content-Length bodies only, else
 /// 411) stores the body at the path and answers 201. HEAD answers 200 with the
-/// stored object's Content-Length, or 404. Faults apply to every method
+/// stored object's Content-Length, or 404. Objects are keyed by the raw request
+/// path, as sent (percent-escapes are not decoded). With a Listing set, a GET
+/// of a path ending in '/' that holds no object lists the objects under it:
+/// direct children as files, deeper ones as their first segment's directory,
+/// names percent-decoded; none under it gives 404. Faults apply to every method
 /// (Status answers without a body for HEAD, after reading the body for PUT).
 /// Other methods give 405. Connections are kept alive.
 ///
@@ -56,6 +67,13 @@ public:
     /// Misbehave for the next `count` requests of `path` (-1: forever).
     /// `status` is used by Fault::Status only.
     void set_fault(const std::string& path, Fault fault, int count = -1, int status = 503);
+    /// How GETs of collections are answered (default Listing::None).
+    void set_listing(Listing listing);
+
+    /// Request body bytes read for `path` over all PUTs, cut-off ones included.
+    std::uint64_t body_bytes(const std::string& path) const;
+    /// Paths of every stored object, sorted.
+    std::vector<std::string> paths() const;
 
     /// Requests received for `path` (faulty ones included).
     int requests(const std::string& path) const;
@@ -87,6 +105,9 @@ private:
     bool handle(int fd, const std::string& request, std::string& buffer);
     bool handle_put(int fd, const std::string& path, std::optional<std::uint64_t> content_length,
                     const FaultState& fault, std::string& buffer);
+    // The generated listing of collection `path`, or nullopt if nothing is under it.
+    std::optional<std::string> listing_locked(const std::string& path) const;
+    void count_body_bytes(const std::string& path, std::size_t n);
 
     int listen_fd_ = -1;
     std::uint16_t port_ = 0;
@@ -99,9 +120,28 @@ private:
     std::map<std::string, int> requests_;
     std::map<std::string, std::string> last_range_;
     std::map<std::string, std::string> last_request_;
+    std::map<std::string, std::uint64_t> body_bytes_;
+    Listing listing_ = Listing::None;
     std::vector<std::unique_ptr<Connection>> conns_;
 
     std::thread accept_thread_;
+};
+
+/// A fresh directory under $TMPDIR (or /tmp), removed with its contents by the destructor.
+class TempDir {
+public:
+    TempDir();
+    ~TempDir();
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    const std::string& path() const { return path_; }
+    /// path() + "/" + name.
+    std::string file(const std::string& name) const { return path_ + "/" + name; }
+    /// Writes `data` to file(name), replacing it; returns its path. Aborts on failure.
+    std::string write(const std::string& name, const std::string& data) const;
+
+private:
+    std::string path_;
 };
 
 /// A port on 127.0.0.1 with nothing listening (bound, then closed).

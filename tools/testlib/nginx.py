@@ -1,7 +1,8 @@
 """`Nginx`: a throw-away nginx serving one directory on 127.0.0.1:<free port>.
 
-GET with Range (static module) and WebDAV PUT/DELETE/MKCOL/COPY/MOVE (core dav
-module) on the whole root, keepalive on. Runs in the foreground as a single
+GET with Range (static module), WebDAV PUT/DELETE/MKCOL/COPY/MOVE (core dav
+module) and JSON directory listings (`autoindex_format json`, which HttpStore's
+list() reads) on the whole root, keepalive on. Runs in the foreground as a single
 process (no master, no workers) so the PID we hold is the only process; all its
 files (conf, pid, logs, temp dirs) live in a private temp dir.
 """
@@ -43,6 +44,8 @@ http {{
         location / {{
             dav_methods PUT DELETE MKCOL COPY MOVE;
             create_full_put_path on;
+            autoindex on;
+            autoindex_format json;
             dav_access user:rw group:r all:r;
         }}
     }}
