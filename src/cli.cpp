@@ -30,10 +30,14 @@ and a manifest <out-dir>/manifest.json recording where every sample sits.
 mount: present <manifest> (a local path or an http(s):// URL) at <mountpoint>:
   <mountpoint>/samples/<path>   each sample's bytes
   <mountpoint>/shards/<name>    each shard's bytes
-  <mountpoint>/checkpoints/     reserved for checkpoints (read-only for now)
+  <mountpoint>/checkpoints/     writable: files saved here are uploaded as
+                                immutable objects named by their XXH3-128 hash
 Blocks are fetched on demand with range requests, verified against the
-manifest's hashes, and kept in an in-memory LRU cache. The command returns once
-the mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint>`.
+manifest's hashes, and kept in an in-memory LRU cache. A file written under
+checkpoints/ is uploaded when it is closed or fsynced, and close()/fsync()
+return only once it is stored (EIO if it could not be). Every earlier version
+stays readable under checkpoints/.versions/. The command returns once the
+mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint>`.
   -f                  stay in the foreground, logging to stderr
   -d                  foreground with libfuse's request trace
   -o cache_size=SIZE  block cache budget (default 512MiB; at least the
@@ -45,6 +49,13 @@ the mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint
   -o log_file=PATH    append the daemon's log to PATH (default: discarded
                       unless -f)
   -o debug            verbose log
+  -o checkpoints=LOCATION  where checkpoints are stored: a directory or an
+                      http(s) WebDAV URL (default: checkpoints/ beside the
+                      manifest); 'off' keeps checkpoints/ empty and read-only
+  -o spool_dir=DIR    local spool of checkpoint data waiting for upload
+                      (default: ~/.cache/shelbyfs/spool)
+  -o spool_size=SIZE  most spooled bytes at once; beyond it writes fail
+                      with ENOSPC (default 8GiB)
   -o allow_other, allow_root, default_permissions, auto_unmount, fsname=NAME
                       and other FUSE mount options are passed to libfuse
 
@@ -101,6 +112,16 @@ std::string apply_mount_option(MountCommand& m, std::string_view opt) {
         m.log_file = std::string(value);
     } else if (key == "debug") {
         m.debug = true;
+    } else if (key == "checkpoints") {
+        if (need_value()) return "bad -o checkpoints: a directory, a URL or 'off' is required";
+        m.checkpoints = std::string(value);
+    } else if (key == "spool_dir") {
+        if (need_value()) return "bad -o spool_dir: a path is required";
+        m.spool_dir = std::string(value);
+    } else if (key == "spool_size") {
+        auto v = need_value() ? std::nullopt : parse_size(value);
+        if (!v || *v < 1024 * 1024) return "bad -o spool_size: '" + std::string(value) + "' (want a size >= 1MiB)";
+        m.spool_size = *v;
     } else if (!opt.empty()) {
         m.fuse_args.push_back("-o");
         m.fuse_args.emplace_back(opt);

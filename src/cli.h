@@ -27,6 +27,11 @@ struct MountCommand {
     double connect_timeout_s = 10;
     std::string log_file;
     bool debug = false;
+    /// Where checkpoints go: a directory or URL; empty = beside the manifest;
+    /// "off" = checkpoints/ stays an empty read-only directory.
+    std::string checkpoints;
+    std::string spool_dir;  ///< empty = $XDG_CACHE_HOME or ~/.cache /shelbyfs/spool
+    std::uint64_t spool_size = 8ull << 30;
     std::vector<std::string> fuse_args;  ///< "-o", "opt" pairs passed to libfuse
 };
 

@@ -3,21 +3,45 @@
 
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 
 #include "shelbyfs/log.h"
 
 namespace shelbyfs {
 
 Fetcher::Fetcher(BlobReader& reader, BlockCache& cache, std::vector<ObjectSpec> objects, FetcherOptions options)
-    : reader_(reader), cache_(cache), objects_(std::move(objects)), options_(options) {}
-
-std::uint64_t Fetcher::block_offset(const BlockKey& key) const {
-    return key.index * objects_[key.object].block_size;
+    : reader_(reader), cache_(cache), options_(options) {
+    objects_.reserve(objects.size());
+    for (ObjectSpec& o : objects) objects_.push_back(std::make_unique<const ObjectSpec>(std::move(o)));
 }
 
-std::uint64_t Fetcher::block_length(const BlockKey& key) const {
-    const ObjectSpec& o = objects_[key.object];
-    return std::min(o.block_size, o.size - block_offset(key));
+std::uint32_t Fetcher::add_object(ObjectSpec spec) {
+    auto owned = std::make_unique<const ObjectSpec>(std::move(spec));
+    std::unique_lock lock(objects_mutex_);
+    objects_.push_back(std::move(owned));
+    return static_cast<std::uint32_t>(objects_.size() - 1);
+}
+
+const ObjectSpec* Fetcher::find(std::uint32_t index) const {
+    std::shared_lock lock(objects_mutex_);
+    return index < objects_.size() ? objects_[index].get() : nullptr;
+}
+
+const ObjectSpec& Fetcher::object(std::uint32_t index) const {
+    const ObjectSpec* o = find(index);
+    if (o == nullptr) throw std::out_of_range("Fetcher::object: no object " + std::to_string(index));
+    return *o;
+}
+
+std::size_t Fetcher::object_count() const {
+    std::shared_lock lock(objects_mutex_);
+    return objects_.size();
+}
+
+std::uint64_t Fetcher::block_offset(const ObjectSpec& o, const BlockKey& key) { return key.index * o.block_size; }
+
+std::uint64_t Fetcher::block_length(const ObjectSpec& o, const BlockKey& key) {
+    return std::min(o.block_size, o.size - block_offset(o, key));
 }
 
 Fetcher::Slot Fetcher::acquire(const BlockKey& key) {
@@ -42,7 +66,8 @@ Fetcher::Slot Fetcher::acquire(const BlockKey& key) {
     }
     fetches_.fetch_add(1, std::memory_order_relaxed);
     try {
-        slot.first_attempt = reader_.read_range(objects_[key.object].location, block_offset(key), block_length(key));
+        const ObjectSpec& o = object(key.object);
+        slot.first_attempt = reader_.read_range(o.location, block_offset(o, key), block_length(o, key));
     } catch (...) {
         // Never leave a registered fetch unresolved: joiners would wait for ever.
         publish(slot, make_error(Errc::Internal, "fetch: starting the request failed (F04)"));
@@ -52,9 +77,9 @@ Fetcher::Slot Fetcher::acquire(const BlockKey& key) {
 }
 
 Result<BlockPtr> Fetcher::verify_or_refetch(const BlockKey& key, std::future<Result<std::string>> attempt) {
-    const ObjectSpec& o = objects_[key.object];
-    std::uint64_t offset = block_offset(key);
-    std::uint64_t length = block_length(key);
+    const ObjectSpec& o = object(key.object);
+    std::uint64_t offset = block_offset(o, key);
+    std::uint64_t length = block_length(o, key);
     std::string range = "bytes " + std::to_string(offset) + "-" + std::to_string(offset + length - 1);
     for (int i = 1;; ++i) {
         Result<std::string> data = attempt.get();
@@ -121,8 +146,9 @@ void Fetcher::publish(Slot& slot, const Result<BlockPtr>& result) noexcept {
 }
 
 Result<std::size_t> Fetcher::read(std::uint32_t object, std::uint64_t offset, char* buffer, std::size_t size) {
-    if (object >= objects_.size()) return make_error(Errc::Internal, "fetch: unknown object (F03)");
-    const ObjectSpec& o = objects_[object];
+    const ObjectSpec* spec = find(object);
+    if (spec == nullptr) return make_error(Errc::Internal, "fetch: unknown object (F03)");
+    const ObjectSpec& o = *spec;
     if (offset >= o.size || size == 0) return std::size_t{0};
     std::size_t length = static_cast<std::size_t>(std::min<std::uint64_t>(size, o.size - offset));
     std::uint64_t first = offset / o.block_size;

@@ -118,18 +118,29 @@ Attr Filesystem::attr_of(InodeNo ino) const {
     return a;
 }
 
-Result<Attr> Filesystem::lookup(InodeNo parent, std::string_view name) const {
+Result<Attr> Filesystem::lookup(InodeNo parent, std::string_view name) {
+    if (ckpt(parent)) return checkpoints_->lookup(parent, name);
     const Node& dir = node(parent);
     if (!dir.is_dir) return make_error(Errc::NotDirectory, "lookup in a file");
     auto it = std::lower_bound(dir.children.begin(), dir.children.end(), name,
                                [&](InodeNo child, std::string_view n) { return nodes_[child - 1].name < n; });
     if (it == dir.children.end() || nodes_[*it - 1].name != name) return make_error(Errc::NotFound, "no such entry");
-    return attr_of(*it);
+    return getattr(*it);
 }
 
-Result<Attr> Filesystem::getattr(InodeNo ino) const { return attr_of(ino); }
+Result<Attr> Filesystem::getattr(InodeNo ino) {
+    if (ckpt(ino)) return checkpoints_->getattr(ino);
+    return attr_of(ino);
+}
 
-Result<std::vector<DirEntry>> Filesystem::readdir(InodeNo ino) const {
+Result<Attr> Filesystem::setattr(InodeNo ino, const SetAttrRequest& request, FileHandle fh) {
+    if (ckpt(ino)) return checkpoints_->setattr(ino, request, fh);
+    (void)node(ino);
+    return make_error(Errc::ReadOnly, "read-only file system");
+}
+
+Result<std::vector<DirEntry>> Filesystem::readdir(InodeNo ino) {
+    if (ckpt(ino)) return checkpoints_->readdir(ino);
     const Node& dir = node(ino);
     if (!dir.is_dir) return make_error(Errc::NotDirectory, "readdir of a file");
     std::vector<DirEntry> out;
@@ -143,19 +154,23 @@ Result<std::vector<DirEntry>> Filesystem::readdir(InodeNo ino) const {
     return out;
 }
 
-Result<void> Filesystem::open(InodeNo ino, int flags) const {
+Result<FileHandle> Filesystem::open(InodeNo ino, int flags) {
+    if (ckpt(ino)) return checkpoints_->open(ino, flags);
     if (node(ino).is_dir) return make_error(Errc::IsDirectory, "open of a directory");
     if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0)
         return make_error(Errc::ReadOnly, "read-only file");
-    return {};
+    return FileHandle{0};
 }
 
-Result<void> Filesystem::opendir(InodeNo ino) const {
+Result<void> Filesystem::opendir(InodeNo ino) {
+    if (ckpt(ino)) return checkpoints_->opendir(ino);
     if (!node(ino).is_dir) return make_error(Errc::NotDirectory, "opendir of a file");
     return {};
 }
 
-Result<std::size_t> Filesystem::read(InodeNo ino, std::uint64_t offset, std::size_t size, char* buffer) const {
+Result<std::size_t> Filesystem::read(InodeNo ino, FileHandle fh, std::uint64_t offset, std::size_t size,
+                                     char* buffer) {
+    if (ckpt(ino)) return checkpoints_->read(fh, offset, size, buffer);
     const Node& n = node(ino);
     if (n.is_dir) return make_error(Errc::IsDirectory, "read of a directory");
     if (offset >= n.size) return std::size_t{0};
@@ -163,7 +178,80 @@ Result<std::size_t> Filesystem::read(InodeNo ino, std::uint64_t offset, std::siz
     return fetcher_.read(n.object, n.offset + offset, buffer, length);
 }
 
+Result<std::size_t> Filesystem::write(InodeNo ino, FileHandle fh, std::uint64_t offset, const char* data,
+                                      std::size_t size) {
+    if (ckpt(ino)) return checkpoints_->write(fh, offset, data, size);
+    return make_error(Errc::ReadOnly, "read-only file");
+}
+
+Result<void> Filesystem::flush(InodeNo ino, FileHandle fh) {
+    if (ckpt(ino)) return checkpoints_->flush(fh);
+    return {};
+}
+
+Result<void> Filesystem::fsync(InodeNo ino, FileHandle fh) {
+    if (ckpt(ino)) return checkpoints_->fsync(fh);
+    return {};
+}
+
+void Filesystem::release(InodeNo ino, FileHandle fh) {
+    if (ckpt(ino)) checkpoints_->release(fh);
+}
+
+Result<std::pair<Attr, FileHandle>> Filesystem::create(InodeNo parent, std::string_view name, mode_t mode,
+                                                       int flags) {
+    if (ckpt(parent)) return checkpoints_->create(parent, name, mode, flags);
+    return make_error(Errc::ReadOnly, "read-only file system");
+}
+
+Result<Attr> Filesystem::mkdir(InodeNo parent, std::string_view name, mode_t mode) {
+    if (ckpt(parent)) return checkpoints_->mkdir(parent, name, mode);
+    return make_error(Errc::ReadOnly, "read-only file system");
+}
+
+Result<void> Filesystem::unlink(InodeNo parent, std::string_view name) {
+    if (ckpt(parent)) return checkpoints_->unlink(parent, name);
+    return make_error(Errc::ReadOnly, "read-only file system");
+}
+
+Result<void> Filesystem::rmdir(InodeNo parent, std::string_view name) {
+    if (ckpt(parent)) return checkpoints_->rmdir(parent, name);
+    return make_error(Errc::ReadOnly, "read-only file system");
+}
+
+Result<void> Filesystem::rename(InodeNo parent, std::string_view name, InodeNo new_parent,
+                                std::string_view new_name, unsigned flags) {
+    if (ckpt(parent) && ckpt(new_parent)) return checkpoints_->rename(parent, name, new_parent, new_name, flags);
+    if (ckpt(parent) || ckpt(new_parent))
+        return make_error(Errc::ReadOnly, "renames in and out of checkpoints/ are not supported (read-only side)");
+    return make_error(Errc::ReadOnly, "read-only file system");
+}
+
+Result<void> Filesystem::setxattr(InodeNo ino, std::string_view name, std::string_view value, int flags) {
+    if (ckpt(ino)) return checkpoints_->setxattr(ino, name, value, flags);
+    return make_error(Errc::ReadOnly, "read-only file system");
+}
+
+Result<std::string> Filesystem::getxattr(InodeNo ino, std::string_view name) {
+    if (ckpt(ino)) return checkpoints_->getxattr(ino, name);
+    (void)node(ino);
+    return make_error(Errc::NoData, "no such xattr");
+}
+
+Result<std::vector<std::string>> Filesystem::listxattr(InodeNo ino) {
+    if (ckpt(ino)) return checkpoints_->listxattr(ino);
+    (void)node(ino);
+    return std::vector<std::string>{};
+}
+
+Result<void> Filesystem::removexattr(InodeNo ino, std::string_view name) {
+    if (ckpt(ino)) return checkpoints_->removexattr(ino, name);
+    return make_error(Errc::ReadOnly, "read-only file system");
+}
+
 Result<void> Filesystem::modify(InodeNo parent_or_ino) const {
+    if (ckpt(parent_or_ino))
+        return make_error(Errc::Permission, "symlinks, hard links and special files are not supported in checkpoints/");
     (void)node(parent_or_ino);
     return make_error(Errc::ReadOnly, "read-only file system");
 }
@@ -175,6 +263,13 @@ struct statvfs Filesystem::statfs() const {
     s.f_blocks = (total_bytes_ + 4095) / 4096;
     s.f_files = nodes_.size();
     s.f_namemax = 255;
+    if (checkpoints_ != nullptr) {
+        // Free space is what the spool can still take: writers see it in df.
+        auto st = checkpoints_->stats();
+        std::uint64_t free = st.spool_limit > st.spool_used ? st.spool_limit - st.spool_used : 0;
+        s.f_bfree = s.f_bavail = free / 4096;
+        s.f_blocks += (st.spool_limit + 4095) / 4096;
+    }
     return s;
 }
 

@@ -6,6 +6,10 @@
 #include <fuse_lowlevel.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -18,7 +22,10 @@ namespace shelbyfs {
 
 namespace {
 
-enum class Op { Lookup, Getattr, Setattr, Open, Read, Opendir, Readdir, Statfs, Modify, Getxattr, Listxattr };
+enum class Op {
+    Lookup, Getattr, Setattr, Open, Read, Write, Flush, Fsync, Create, Mkdir, Unlink, Rmdir, Rename,
+    Opendir, Readdir, Statfs, Modify, Setxattr, Getxattr, Listxattr, Removexattr
+};
 
 const char* op_name(Op op) {
     switch (op) {
@@ -27,6 +34,16 @@ const char* op_name(Op op) {
         case Op::Setattr: return "setattr";
         case Op::Open: return "open";
         case Op::Read: return "read";
+        case Op::Write: return "write";
+        case Op::Flush: return "flush";
+        case Op::Fsync: return "fsync";
+        case Op::Create: return "create";
+        case Op::Mkdir: return "mkdir";
+        case Op::Unlink: return "unlink";
+        case Op::Rmdir: return "rmdir";
+        case Op::Rename: return "rename";
+        case Op::Setxattr: return "setxattr";
+        case Op::Removexattr: return "removexattr";
         case Op::Opendir: return "opendir";
         case Op::Readdir: return "readdir";
         case Op::Statfs: return "statfs";
@@ -52,8 +69,11 @@ void reply_with(fuse_req_t req, Op op, Body&& body, Reply&& reply) noexcept {
             return;
         }
         err = to_errno(r.error().code);
-        bool expected = r.error().code == Errc::NotFound || r.error().code == Errc::ReadOnly ||
-                        r.error().code == Errc::IsDirectory || r.error().code == Errc::NotDirectory;
+        Errc c = r.error().code;
+        bool expected = c == Errc::NotFound || c == Errc::ReadOnly || c == Errc::IsDirectory ||
+                        c == Errc::NotDirectory || c == Errc::Exists || c == Errc::NotEmpty || c == Errc::NoData ||
+                        c == Errc::NotSupported || c == Errc::TooBig || c == Errc::Permission || c == Errc::NoSpace ||
+                        c == Errc::InvalidArgument;
         if (expected) log::debug("fuse", std::string(op_name(op)) + " failed errno=" + std::to_string(err) + ": " +
                                              r.error().message);
         else log::error("fuse", std::string(op_name(op)) + " failed errno=" + std::to_string(err) + ": " +
@@ -85,20 +105,30 @@ void op_init(void*, fuse_conn_info* conn) {
     // requests in flight (kernel defaults 12/9 throttle parallel reads).
     conn->max_background = 64;
     conn->congestion_threshold = 48;
+    // Checkpoint writes: 1 MiB requests instead of 128 KiB.
+    conn->max_write = 1u << 20;
     if (conn->capable & FUSE_CAP_ASYNC_READ) conn->want |= FUSE_CAP_ASYNC_READ;
     if (conn->capable & FUSE_CAP_SPLICE_WRITE) conn->want &= ~FUSE_CAP_SPLICE_WRITE;
+    // open(O_TRUNC) arrives as one call, so overwriting a checkpoint never
+    // copies its old content into the spool first.
+    if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+    // Writes must reach us (and the spool) as they happen: close() reports
+    // whether they were saved.
+    conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
+}
+
+void reply_entry(fuse_req_t req, const Attr& a) {
+    fuse_entry_param e = to_entry(a);
+    fuse_reply_entry(req, &e);
 }
 
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     reply_with(req, Op::Lookup, [&] { return core(req).lookup(parent, name); },
-               [&](const Attr& a) {
-                   fuse_entry_param e = to_entry(a);
-                   fuse_reply_entry(req, &e);
-               });
+               [&](const Attr& a) { reply_entry(req, a); });
 }
 
 void op_forget(fuse_req_t req, fuse_ino_t, uint64_t) {
-    // Inode numbers are static for the life of the mount: nothing to free.
+    // Inode numbers are never reused within a mount: nothing to free.
     fuse_reply_none(req);
 }
 
@@ -109,38 +139,93 @@ void op_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info*) {
                [&](const Attr& a) { fuse_reply_attr(req, &a.st, a.ttl); });
 }
 
-void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat*, int, fuse_file_info*) {
-    reply_with(req, Op::Setattr, [&] { return core(req).modify(ino); }, [] {});
+std::int64_t ns_of(const timespec& t) { return static_cast<std::int64_t>(t.tv_sec) * 1'000'000'000 + t.tv_nsec; }
+
+std::int64_t now_ns() {
+    timespec t{};
+    clock_gettime(CLOCK_REALTIME, &t);
+    return ns_of(t);
+}
+
+void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, fuse_file_info* fi) {
+    SetAttrRequest r;
+    if (to_set & FUSE_SET_ATTR_MODE) r.mode = attr->st_mode & 07777;
+    if (to_set & FUSE_SET_ATTR_SIZE) r.size = static_cast<std::uint64_t>(attr->st_size);
+    if (to_set & FUSE_SET_ATTR_MTIME_NOW) r.mtime_ns = now_ns();
+    else if (to_set & FUSE_SET_ATTR_MTIME) r.mtime_ns = ns_of(attr->st_mtim);
+    if (to_set & FUSE_SET_ATTR_ATIME_NOW) r.atime_ns = now_ns();
+    else if (to_set & FUSE_SET_ATTR_ATIME) r.atime_ns = ns_of(attr->st_atim);
+    r.owner_change = (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) != 0;
+    FileHandle fh = fi != nullptr ? fi->fh : 0;
+    reply_with(req, Op::Setattr, [&] { return core(req).setattr(ino, r, fh); },
+               [&](const Attr& a) { fuse_reply_attr(req, &a.st, a.ttl); });
 }
 
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     reply_with(req, Op::Open, [&] { return core(req).open(ino, fi->flags); },
-               [&] {
-                   fi->keep_cache = 1;  // contents never change under a mount
-                   fuse_reply_open(req, fi);
+               [&](FileHandle fh) {
+                   fi->fh = fh;
+                   // Files of the manifest never change under a mount; checkpoint
+                   // files can, so their pages are dropped on every open.
+                   fi->keep_cache = fh == 0 ? 1 : 0;
+                   if (fuse_reply_open(req, fi) != 0) core(req).release(ino, fh);
                });
 }
 
-void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info*) {
+void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
+    reply_with(req, Op::Create, [&] { return core(req).create(parent, name, mode, fi->flags); },
+               [&](const std::pair<Attr, FileHandle>& created) {
+                   fuse_entry_param e = to_entry(created.first);
+                   fi->fh = created.second;
+                   fi->keep_cache = 0;
+                   if (fuse_reply_create(req, &e, fi) != 0) core(req).release(e.ino, created.second);
+               });
+}
+
+void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info* fi) {
     std::unique_ptr<char[]> buffer;
     reply_with(
         req, Op::Read,
         [&]() -> Result<std::size_t> {
             buffer.reset(new char[size == 0 ? 1 : size]);
-            return core(req).read(ino, static_cast<std::uint64_t>(offset), size, buffer.get());
+            return core(req).read(ino, fi->fh, static_cast<std::uint64_t>(offset), size, buffer.get());
         },
         [&](std::size_t n) { fuse_reply_buf(req, buffer.get(), n); });
 }
 
-void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
+void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t offset, fuse_file_info* fi) {
+    reply_with(req, Op::Write,
+               [&] { return core(req).write(ino, fi->fh, static_cast<std::uint64_t>(offset), buf, size); },
+               [&](std::size_t n) { fuse_reply_write(req, n); });
+}
+
+// close(): for a checkpoint, the upload happens here and its result is what
+// close() returns.
+void op_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    reply_with(req, Op::Flush, [&] { return core(req).flush(ino, fi->fh); }, [&] { fuse_reply_err(req, 0); });
+}
+
+void op_fsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info* fi) {
+    reply_with(req, Op::Fsync, [&] { return core(req).fsync(ino, fi->fh); }, [&] { fuse_reply_err(req, 0); });
+}
+
+void op_release(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+    try {
+        core(req).release(ino, fi->fh);
+    } catch (const std::exception& e) {
+        log::error("fuse", std::string("release: exception: ") + e.what() + " (A03)");
+    }
+    fuse_reply_err(req, 0);
+}
 
 // A directory handle holds its listing, so offsets stay stable across readdir calls.
 void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     reply_with(req, Op::Opendir, [&] { return core(req).readdir(ino); },
                [&](std::vector<DirEntry>& entries) {
                    fi->fh = reinterpret_cast<std::uint64_t>(new std::vector<DirEntry>(std::move(entries)));
-                   fi->cache_readdir = 1;
-                   fi->keep_cache = 1;
+                   bool immutable = core(req).checkpoints_ino() != ino && ino < kCheckpointInoBase;
+                   fi->cache_readdir = immutable ? 1 : 0;
+                   fi->keep_cache = immutable ? 1 : 0;
                    if (fuse_reply_open(req, fi) != 0) delete reinterpret_cast<std::vector<DirEntry>*>(fi->fh);
                });
 }
@@ -173,33 +258,95 @@ void op_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
     fuse_reply_err(req, 0);
 }
 
+void op_fsyncdir(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
+    // Namespace changes are recorded in the store before they return.
+    fuse_reply_err(req, 0);
+}
+
 void op_statfs(fuse_req_t req, fuse_ino_t) {
     struct statvfs s = core(req).statfs();
     fuse_reply_statfs(req, &s);
 }
 
+void reply_ok(fuse_req_t req) { fuse_reply_err(req, 0); }
+
+void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode) {
+    reply_with(req, Op::Mkdir, [&] { return core(req).mkdir(parent, name, mode); },
+               [&](const Attr& a) { reply_entry(req, a); });
+}
+
+void op_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    reply_with(req, Op::Unlink, [&] { return core(req).unlink(parent, name); }, [&] { reply_ok(req); });
+}
+
+void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
+    reply_with(req, Op::Rmdir, [&] { return core(req).rmdir(parent, name); }, [&] { reply_ok(req); });
+}
+
+void op_rename(fuse_req_t req, fuse_ino_t parent, const char* name, fuse_ino_t new_parent, const char* new_name,
+               unsigned int flags) {
+    reply_with(req, Op::Rename, [&] { return core(req).rename(parent, name, new_parent, new_name, flags); },
+               [&] { reply_ok(req); });
+}
+
+// mknod of a regular file: an empty checkpoint, saved at once.
+void op_mknod(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, dev_t) {
+    reply_with(
+        req, Op::Create,
+        [&]() -> Result<Attr> {
+            if (!S_ISREG(mode)) {
+                auto m = core(req).modify(parent);
+                return std::move(m).error();
+            }
+            auto created = core(req).create(parent, name, mode, O_WRONLY | O_EXCL);
+            if (!created) return std::move(created).error();
+            auto flushed = core(req).flush(created->first.st.st_ino, created->second);
+            core(req).release(created->first.st.st_ino, created->second);
+            if (!flushed) return std::move(flushed).error();
+            return core(req).getattr(created->first.st.st_ino);
+        },
+        [&](const Attr& a) { reply_entry(req, a); });
+}
+
 void reply_modify(fuse_req_t req, fuse_ino_t ino) {
-    reply_with(req, Op::Modify, [&] { return core(req).modify(ino); }, [&] { fuse_reply_err(req, 0); });
+    reply_with(req, Op::Modify, [&] { return core(req).modify(ino); }, [&] { reply_ok(req); });
 }
 
-void op_mknod(fuse_req_t req, fuse_ino_t parent, const char*, mode_t, dev_t) { reply_modify(req, parent); }
-void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char*, mode_t) { reply_modify(req, parent); }
-void op_unlink(fuse_req_t req, fuse_ino_t parent, const char*) { reply_modify(req, parent); }
-void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char*) { reply_modify(req, parent); }
 void op_symlink(fuse_req_t req, const char*, fuse_ino_t parent, const char*) { reply_modify(req, parent); }
-void op_rename(fuse_req_t req, fuse_ino_t parent, const char*, fuse_ino_t, const char*, unsigned int) {
-    reply_modify(req, parent);
-}
 void op_link(fuse_req_t req, fuse_ino_t, fuse_ino_t parent, const char*) { reply_modify(req, parent); }
-void op_create(fuse_req_t req, fuse_ino_t parent, const char*, mode_t, fuse_file_info*) { reply_modify(req, parent); }
-void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char*, const char*, size_t, int) { reply_modify(req, ino); }
-void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char*) { reply_modify(req, ino); }
 
-void op_getxattr(fuse_req_t req, fuse_ino_t, const char*, size_t) { fuse_reply_err(req, ENODATA); }
+void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char* name, const char* value, size_t size, int flags) {
+    reply_with(req, Op::Setxattr,
+               [&] { return core(req).setxattr(ino, name, std::string_view(value, size), flags); },
+               [&] { reply_ok(req); });
+}
 
-void op_listxattr(fuse_req_t req, fuse_ino_t, size_t size) {
-    if (size == 0) fuse_reply_xattr(req, 0);
-    else fuse_reply_buf(req, nullptr, 0);
+// getxattr/listxattr: size 0 asks for the length; a too-small buffer is ERANGE.
+void reply_xattr_bytes(fuse_req_t req, size_t size, const std::string& bytes) {
+    if (size == 0) fuse_reply_xattr(req, bytes.size());
+    else if (bytes.size() > size) fuse_reply_err(req, ERANGE);
+    else fuse_reply_buf(req, bytes.data(), bytes.size());
+}
+
+void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, size_t size) {
+    reply_with(req, Op::Getxattr, [&] { return core(req).getxattr(ino, name); },
+               [&](const std::string& value) { reply_xattr_bytes(req, size, value); });
+}
+
+void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size) {
+    reply_with(req, Op::Listxattr, [&] { return core(req).listxattr(ino); },
+               [&](const std::vector<std::string>& names) {
+                   std::string list;
+                   for (const std::string& n : names) {
+                       list += n;
+                       list.push_back('\0');
+                   }
+                   reply_xattr_bytes(req, size, list);
+               });
+}
+
+void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char* name) {
+    reply_with(req, Op::Removexattr, [&] { return core(req).removexattr(ino, name); }, [&] { reply_ok(req); });
 }
 
 fuse_lowlevel_ops make_ops() {
@@ -219,7 +366,11 @@ fuse_lowlevel_ops make_ops() {
     ops.link = op_link;
     ops.open = op_open;
     ops.read = op_read;
+    ops.write = op_write;
+    ops.flush = op_flush;
+    ops.fsync = op_fsync;
     ops.release = op_release;
+    ops.fsyncdir = op_fsyncdir;
     ops.opendir = op_opendir;
     ops.readdir = op_readdir;
     ops.releasedir = op_releasedir;
@@ -231,6 +382,57 @@ fuse_lowlevel_ops make_ops() {
     ops.create = op_create;
     return ops;
 }
+
+// Tells the kernel about names and inodes that changed without it asking.
+// libfuse warns that notifications sent from inside a request handler can
+// deadlock, so they are queued and sent from this thread.
+class Notifier {
+public:
+    explicit Notifier(fuse_session* se) : se_(se), thread_([this] { run(); }) {}
+    ~Notifier() {
+        {
+            std::lock_guard lock(mutex_);
+            stop_ = true;
+        }
+        cv_.notify_one();
+        thread_.join();
+    }
+    void push(InodeNo ino, InodeNo parent, const std::string& name) {
+        {
+            std::lock_guard lock(mutex_);
+            queue_.push_back({ino, parent, name});
+        }
+        cv_.notify_one();
+    }
+
+private:
+    struct Item {
+        InodeNo ino;
+        InodeNo parent;
+        std::string name;
+    };
+    void run() {
+        std::unique_lock lock(mutex_);
+        for (;;) {
+            cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+            if (queue_.empty()) return;
+            Item item = std::move(queue_.front());
+            queue_.pop_front();
+            lock.unlock();
+            // Errors (ENOENT: the kernel had nothing cached) need no action.
+            if (item.parent != 0)
+                fuse_lowlevel_notify_inval_entry(se_, item.parent, item.name.c_str(), item.name.size());
+            fuse_lowlevel_notify_inval_inode(se_, item.ino, 0, 0);
+            lock.lock();
+        }
+    }
+    fuse_session* se_;
+    std::mutex mutex_;
+    std::condition_variable cv_;
+    std::deque<Item> queue_;
+    bool stop_ = false;
+    std::thread thread_;
+};
 
 }  // namespace
 
@@ -259,6 +461,10 @@ int run_fuse(Filesystem& fs, const FuseOptions& options, std::string* error) {
         *error = "cannot mount on " + options.mountpoint + " (libfuse printed the reason above)";
         return 1;
     }
+    auto notifier = std::make_unique<Notifier>(se);
+    fs.set_invalidator([n = notifier.get()](InodeNo ino, InodeNo parent, const std::string& name) {
+        n->push(ino, parent, name);
+    });
     if (options.on_mounted) options.on_mounted();
 
     fuse_loop_config* cfg = fuse_loop_cfg_create();
@@ -267,6 +473,8 @@ int run_fuse(Filesystem& fs, const FuseOptions& options, std::string* error) {
     int rc = fuse_session_loop_mt(se, cfg);
     fuse_loop_cfg_destroy(cfg);
 
+    fs.set_invalidator(nullptr);
+    notifier.reset();
     fuse_session_unmount(se);
     fuse_remove_signal_handlers(se);
     fuse_session_destroy(se);

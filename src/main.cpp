@@ -19,12 +19,14 @@
 #include "cli.h"
 #include "shelbyfs/blob_reader.h"
 #include "shelbyfs/block_cache.h"
+#include "shelbyfs/checkpoint.h"
 #include "shelbyfs/fetcher.h"
 #include "shelbyfs/filesystem.h"
 #include "shelbyfs/fuse_adapter.h"
 #include "shelbyfs/http_client.h"
 #include "shelbyfs/log.h"
 #include "shelbyfs/manifest.h"
+#include "shelbyfs/object_store.h"
 #include "shelbyfs/pack.h"
 #include "shelbyfs/units.h"
 
@@ -68,6 +70,22 @@ private:
     }
     int fds_[2] = {-1, -1};
 };
+
+// A path made absolute against the working directory (the daemon leaves it),
+// whether or not it exists yet.
+std::string absolute_lexical(const std::string& path) {
+    if (path.empty() || path.front() == '/') return path;
+    char cwd[PATH_MAX];
+    if (::getcwd(cwd, sizeof cwd) == nullptr) return path;
+    return std::string(cwd) + "/" + path;
+}
+
+std::string default_spool_dir() {
+    const char* xdg = std::getenv("XDG_CACHE_HOME");
+    if (xdg != nullptr && xdg[0] == '/') return std::string(xdg) + "/shelbyfs/spool";
+    const char* home = std::getenv("HOME");
+    return std::string(home != nullptr && home[0] == '/' ? home : "/tmp") + "/.cache/shelbyfs/spool";
+}
 
 struct LoadedManifest {
     Manifest manifest;
@@ -182,6 +200,45 @@ int run_mount(const cli::MountCommand& cmd) {
     auto fs = Filesystem::create(manifest, fetcher, fs_options);
     if (!fs) return fail(cmd.manifest + ": " + fs.error().message);
 
+    // Checkpoints: an explicit -o checkpoints that cannot be used fails the
+    // mount; the default location only warns (a read-only dataset server).
+    std::unique_ptr<ObjectStore> store;
+    std::unique_ptr<Checkpoints> checkpoints;
+    if (cmd.checkpoints != "off") {
+        bool explicit_location = !cmd.checkpoints.empty();
+        std::string location = explicit_location ? (is_url(cmd.checkpoints) ? cmd.checkpoints
+                                                                            : absolute_lexical(cmd.checkpoints))
+                                                 : resolve_location(loaded->location, "checkpoints/");
+        std::string spool_base = cmd.spool_dir.empty() ? default_spool_dir() : absolute_lexical(cmd.spool_dir);
+        auto opened = open_object_store(location, &http);
+        Result<std::unique_ptr<Checkpoints>> ck = make_error(Errc::Internal, "not opened");
+        if (opened) {
+            store = std::move(*opened);
+            CheckpointOptions ck_options;
+            // One spool per store, so a crashed mount's uploads resume into the right one.
+            ck_options.spool_dir = spool_base + "/" + ContentHash::of(store->describe()).hex().substr(0, 16);
+            ck_options.spool_size = cmd.spool_size;
+            ck_options.block_size = manifest.block_size;
+            ck_options.uid = fs_options.uid;
+            ck_options.gid = fs_options.gid;
+            ck_options.mount_time_ns = loaded->mtime * 1'000'000'000;
+            ck = Checkpoints::open(*store, fetcher, ck_options, (*fs)->checkpoints_ino());
+        } else {
+            ck = std::move(opened).error();
+        }
+        if (ck) {
+            checkpoints = std::move(*ck);
+            (*fs)->attach_checkpoints(checkpoints.get());
+            log::info("mount", "checkpoints: " + store->describe() + ", spool " + spool_base);
+        } else if (explicit_location) {
+            return fail("-o checkpoints=" + cmd.checkpoints + ": " + ck.error().message);
+        } else {
+            std::fprintf(stderr, "shelbyfs: warning: checkpoints/ is read-only: %s (choose a store with -o checkpoints=LOCATION)\n",
+                         ck.error().message.c_str());
+            log::warn("mount", "checkpoints/ is read-only: " + ck.error().message);
+        }
+    }
+
     FuseOptions fuse_options;
     fuse_options.mountpoint = mountpoint;
     fuse_options.fuse_args = {"-o", "fsname=shelbyfs", "-o", "subtype=shelbyfs", "-o", "default_permissions"};
@@ -213,6 +270,13 @@ int run_mount(const cli::MountCommand& cmd) {
     log::info("mount", "unmounted " + mountpoint + ": cache hits " + std::to_string(cs.hits) + ", misses " +
                            std::to_string(cs.misses) + ", fetched " + format_size(fst.bytes_fetched) + " in " +
                            std::to_string(fst.fetches) + " blocks");
+    if (checkpoints) {
+        auto ck = checkpoints->stats();
+        log::info("mount", "checkpoints: uploaded " + std::to_string(ck.uploads) + " objects (" +
+                               format_size(ck.upload_bytes) + "), " + std::to_string(ck.deduplicated) +
+                               " already stored, " + std::to_string(ck.records) + " index records, " +
+                               std::to_string(ck.failures) + " failed saves");
+    }
     return cli::kExitOk;
 }
 

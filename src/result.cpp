@@ -18,6 +18,12 @@ int to_errno(Errc code) noexcept {
         case Errc::InvalidArgument: return EINVAL;
         case Errc::Io: return EIO;
         case Errc::Internal: return EIO;
+        case Errc::Exists: return EEXIST;
+        case Errc::NotEmpty: return ENOTEMPTY;
+        case Errc::NotSupported: return ENOTSUP;
+        case Errc::NoData: return ENODATA;
+        case Errc::Permission: return EPERM;
+        case Errc::TooBig: return ERANGE;
     }
     return EIO;
 }
@@ -35,6 +41,12 @@ const char* errc_name(Errc code) noexcept {
         case Errc::InvalidArgument: return "InvalidArgument";
         case Errc::Io: return "Io";
         case Errc::Internal: return "Internal";
+        case Errc::Exists: return "Exists";
+        case Errc::NotEmpty: return "NotEmpty";
+        case Errc::NotSupported: return "NotSupported";
+        case Errc::NoData: return "NoData";
+        case Errc::Permission: return "Permission";
+        case Errc::TooBig: return "TooBig";
     }
     return "Unknown";
 }

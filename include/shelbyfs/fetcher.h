@@ -4,7 +4,9 @@
 #include <atomic>
 #include <cstdint>
 #include <future>
+#include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -16,7 +18,7 @@
 
 namespace shelbyfs {
 
-/// An immutable object read in blocks: today a shard.
+/// An immutable object read in blocks: a shard or a checkpoint.
 struct ObjectSpec {
     std::string name;      ///< for messages ("shard-000001.tar")
     std::string location;  ///< resolved path or URL
@@ -43,8 +45,11 @@ public:
     /// Returns the byte count: short only at the object's end (0 past it).
     Result<std::size_t> read(std::uint32_t object, std::uint64_t offset, char* buffer, std::size_t size);
 
-    const ObjectSpec& object(std::uint32_t index) const { return objects_.at(index); }
-    std::size_t object_count() const { return objects_.size(); }
+    /// Register another object (a checkpoint published while mounted) and
+    /// return its index. Specs are never removed; references stay valid.
+    std::uint32_t add_object(ObjectSpec spec);
+    const ObjectSpec& object(std::uint32_t index) const;
+    std::size_t object_count() const;
 
     struct Stats {
         std::uint64_t fetches = 0;        ///< block fetches started (misses that led)
@@ -68,12 +73,15 @@ private:
     Slot acquire(const BlockKey& key);
     Result<BlockPtr> complete(Slot& slot);
     Result<BlockPtr> verify_or_refetch(const BlockKey& key, std::future<Result<std::string>> first);
-    std::uint64_t block_offset(const BlockKey& key) const;
-    std::uint64_t block_length(const BlockKey& key) const;
+    /// The spec of `index`, or null if there is none.
+    const ObjectSpec* find(std::uint32_t index) const;
+    static std::uint64_t block_offset(const ObjectSpec& o, const BlockKey& key);
+    static std::uint64_t block_length(const ObjectSpec& o, const BlockKey& key);
 
     BlobReader& reader_;
     BlockCache& cache_;
-    const std::vector<ObjectSpec> objects_;
+    mutable std::shared_mutex objects_mutex_;  // guards the vector, not the (immutable) specs
+    std::vector<std::unique_ptr<const ObjectSpec>> objects_;
     const FetcherOptions options_;
 
     std::mutex inflight_mutex_;  // never held across I/O; taken after no other lock

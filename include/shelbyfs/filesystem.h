@@ -3,8 +3,11 @@
 // The tree is built once from the manifest and never changes:
 //   /samples/<path>       each sample's bytes (a range of its shard)
 //   /shards/<name>        each shard's bytes
-//   /checkpoints/         writable area (writes arrive in a later change; EROFS today)
-// Every file is a byte range of one object, so one read path serves both.
+//   /checkpoints/         the writable checkpoint tree (see checkpoint.h), if
+//                         attached; otherwise an empty read-only directory
+// Every file of the static tree is a byte range of one object, so one read
+// path serves both samples and shards. Operations on checkpoint inodes are
+// passed to Checkpoints; everything else is read-only (EROFS).
 #pragma once
 
 #include <sys/stat.h>
@@ -16,14 +19,13 @@
 #include <string_view>
 #include <vector>
 
+#include "shelbyfs/checkpoint.h"
 #include "shelbyfs/fetcher.h"
+#include "shelbyfs/fs_types.h"
 #include "shelbyfs/manifest.h"
 #include "shelbyfs/result.h"
 
 namespace shelbyfs {
-
-using InodeNo = std::uint64_t;
-inline constexpr InodeNo kRootIno = 1;  // FUSE_ROOT_ID
 
 struct FsOptions {
     double ttl_seconds = 3600.0;  ///< entry/attr timeout: the tree is immutable
@@ -32,19 +34,8 @@ struct FsOptions {
     std::int64_t mtime = 0;  ///< shown on every node (the manifest's mtime)
 };
 
-struct Attr {
-    struct stat st {};
-    double ttl = 0;
-};
-
-struct DirEntry {
-    std::string name;
-    InodeNo ino = 0;
-    mode_t type = 0;  ///< S_IFDIR or S_IFREG
-};
-
-/// Thread-safe: the tree is immutable after create(), and reads go to the
-/// thread-safe Fetcher. Unknown inode numbers are a broken invariant (the
+/// Thread-safe: the static tree is immutable after create(), reads go to the
+/// thread-safe Fetcher, and Checkpoints is thread-safe. Unknown inode numbers are a broken invariant (the
 /// kernel only uses numbers we gave it) and abort.
 class Filesystem {
 public:
@@ -52,16 +43,45 @@ public:
     /// cannot see; the manifest must already be validated.
     static Result<std::unique_ptr<Filesystem>> create(const Manifest& manifest, Fetcher& fetcher, FsOptions options);
 
-    Result<Attr> lookup(InodeNo parent, std::string_view name) const;
-    Result<Attr> getattr(InodeNo ino) const;
+    /// Serve <mnt>/checkpoints from `checkpoints` (call before mounting).
+    void attach_checkpoints(Checkpoints* checkpoints) { checkpoints_ = checkpoints; }
+    InodeNo checkpoints_ino() const { return checkpoints_ino_; }
+    /// Forward Checkpoints' kernel-cache invalidations (no-op without checkpoints).
+    void set_invalidator(Checkpoints::Invalidator f) {
+        if (checkpoints_ != nullptr) checkpoints_->set_invalidator(std::move(f));
+    }
+
+    Result<Attr> lookup(InodeNo parent, std::string_view name);
+    Result<Attr> getattr(InodeNo ino);
+    /// chmod, utime, truncate: checkpoints only (EROFS elsewhere).
+    Result<Attr> setattr(InodeNo ino, const SetAttrRequest& request, FileHandle fh);
     /// Entries of a directory, "." and ".." first.
-    Result<std::vector<DirEntry>> readdir(InodeNo ino) const;
-    /// Check an open: EISDIR for directories, EROFS for write access.
-    Result<void> open(InodeNo ino, int flags) const;
-    Result<void> opendir(InodeNo ino) const;
+    Result<std::vector<DirEntry>> readdir(InodeNo ino);
+    /// Open a file: EISDIR for directories, EROFS for write access outside checkpoints.
+    Result<FileHandle> open(InodeNo ino, int flags);
+    Result<void> opendir(InodeNo ino);
     /// Read up to `size` bytes at `offset` (short at EOF, 0 past it).
-    Result<std::size_t> read(InodeNo ino, std::uint64_t offset, std::size_t size, char* buffer) const;
-    /// Any namespace or metadata change (create, mkdir, unlink, rename, setattr, ...).
+    Result<std::size_t> read(InodeNo ino, FileHandle fh, std::uint64_t offset, std::size_t size, char* buffer);
+    Result<std::size_t> read(InodeNo ino, std::uint64_t offset, std::size_t size, char* buffer) {
+        return read(ino, 0, offset, size, buffer);
+    }
+    Result<std::size_t> write(InodeNo ino, FileHandle fh, std::uint64_t offset, const char* data, std::size_t size);
+    Result<void> flush(InodeNo ino, FileHandle fh);
+    Result<void> fsync(InodeNo ino, FileHandle fh);
+    void release(InodeNo ino, FileHandle fh);
+
+    Result<std::pair<Attr, FileHandle>> create(InodeNo parent, std::string_view name, mode_t mode, int flags);
+    Result<Attr> mkdir(InodeNo parent, std::string_view name, mode_t mode);
+    Result<void> unlink(InodeNo parent, std::string_view name);
+    Result<void> rmdir(InodeNo parent, std::string_view name);
+    Result<void> rename(InodeNo parent, std::string_view name, InodeNo new_parent, std::string_view new_name,
+                        unsigned flags);
+    Result<void> setxattr(InodeNo ino, std::string_view name, std::string_view value, int flags);
+    Result<std::string> getxattr(InodeNo ino, std::string_view name);
+    Result<std::vector<std::string>> listxattr(InodeNo ino);
+    Result<void> removexattr(InodeNo ino, std::string_view name);
+    /// Changes this filesystem never supports anywhere: symlinks, hard links,
+    /// device nodes (EROFS outside checkpoints, EPERM inside).
     Result<void> modify(InodeNo parent_or_ino) const;
     struct statvfs statfs() const;
 
@@ -82,12 +102,14 @@ private:
     const Node& node(InodeNo ino) const;
     InodeNo add_node(Node n);
     Attr attr_of(InodeNo ino) const;
+    bool ckpt(InodeNo ino) const { return checkpoints_ != nullptr && checkpoints_->owns(ino); }
 
     Fetcher& fetcher_;
     FsOptions options_;
     std::vector<Node> nodes_;  // nodes_[ino - 1]
     std::uint64_t total_bytes_ = 0;
     InodeNo checkpoints_ino_ = 0;
+    Checkpoints* checkpoints_ = nullptr;
 };
 
 }  // namespace shelbyfs

@@ -20,6 +20,12 @@ enum class Errc {
     InvalidArgument,
     Io,           ///< local disk I/O failure
     Internal,
+    Exists,       ///< the name is taken (EEXIST)
+    NotEmpty,     ///< rmdir or rename over a non-empty directory
+    NotSupported, ///< an operation or xattr namespace this filesystem does not offer
+    NoData,       ///< no such extended attribute
+    Permission,   ///< not allowed here (EPERM): reserved names, hard links
+    TooBig,       ///< a buffer too small for the answer, or a value over its limit (ERANGE)
 };
 
 /// An error: a code plus a human-readable message naming what and where.

@@ -1,0 +1,753 @@
+#!/usr/bin/python3
+"""Integration: the writable <mnt>/checkpoints/ area over a real store.
+
+Mounts with `-o checkpoints=LOCATION,spool_dir=DIR` where LOCATION is a WebDAV
+collection on the loopback nginx fixture (or a local directory), and checks
+the contract: what any writer (cp, shell redirect, torch.save, pwrite,
+truncate, rename, mkdir, unlink, xattrs) leaves behind is published on
+close/fsync as an immutable content-addressed object `objects/<xxh128 hex>`
+plus immutable `index/*.json` records; every version stays readable under
+`.versions/`; a fresh mount (new spool: "another machine") sees everything;
+a store that goes down makes close fail with EIO and publishes nothing; a
+full spool gives ENOSPC; a daemon SIGKILLed mid-upload leaves no partial
+object and finishes the upload at the next mount before it is ready.
+Slow and failing stores come from testlib.throttle.ThrottleProxy in front of
+a private nginx.
+Run: SHELBYFS_BIN=build/src/shelbyfs /usr/bin/python3 tests/integration/test_checkpoints.py
+"""
+import datetime
+import errno
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'tools'))
+import testlib  # noqa: E402
+from testlib import ckpt  # noqa: E402
+from testlib.throttle import ThrottleProxy  # noqa: E402
+
+KiB = 1024
+MiB = 1024 * KiB
+BIG_SIZE = 256 * MiB
+TORCH_PY = '/usr/bin/python3'
+HASH_XATTR = 'user.shelbyfs.hash'
+# Keep failure tests fast: one retry, short stall and connect timeouts.
+FAST_FAIL = ['retries=1', 'timeout=2', 'connect_timeout=2']
+# Uploads through the throttling proxy: slow enough to interrupt, never stuck.
+SLOW_RATE = 2 * MiB            # bytes/s
+INTERRUPT_SIZE = 8 * MiB       # store-down test: ~4 s of upload at SLOW_RATE
+CRASH_SIZE = 24 * MiB          # SIGKILL test: ~12 s of upload at SLOW_RATE
+# Any upload the proxy should watch: every PUT except index records (so a
+# temp-name-then-MOVE upload scheme is caught as well as a direct PUT).
+UPLOAD_PUT = r'^PUT (?!.*/index/)'
+
+G = {}
+_STORE_IDS = itertools.count(1)
+
+
+def setUpModule():
+    tmp = testlib.make_tmpdir('shelbyfs-test-ckpt-')
+    unittest.addModuleCleanup(shutil.rmtree, tmp, True)
+    src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
+    files = testlib.generate_tree(src, seed=4242, small_files=20, big_size=300 * KiB)
+    testlib.pack(src, out, '--shard-size', '1MiB')
+    nginx = testlib.Nginx(out).__enter__()
+    unittest.addModuleCleanup(nginx.close)
+    G.update(tmp=tmp, src=src, out=out, files=files, nginx=nginx,
+             url=nginx.url('manifest.json'), manifest_path=os.path.join(out, 'manifest.json'))
+
+
+def put(path, data):
+    """Write `data` to `path` (create/truncate) and close it; close errors propagate."""
+    with open(path, 'wb') as f:
+        f.write(data)
+
+
+def seeded(size, seed):
+    return random.Random(seed).randbytes(size)
+
+
+def find_tree(root, skip_top=('.versions',)):
+    """{relative path: 'd' | bytes} of everything under root, minus top-level `skip_top`."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath == root:
+            dirnames[:] = [d for d in dirnames if d not in skip_top]
+        rel_dir = os.path.relpath(dirpath, root)
+        for d in dirnames:
+            out[os.path.normpath(os.path.join(rel_dir, d))] = 'd'
+        for f in filenames:
+            out[os.path.normpath(os.path.join(rel_dir, f))] = testlib.read_file(
+                os.path.join(dirpath, f))
+    return out
+
+
+class CheckpointCase(unittest.TestCase):
+    """Stores, spools and mounts for one test; everything lives in the module temp dir."""
+
+    def scratch(self, what):
+        return tempfile.mkdtemp(prefix=f'{self._testMethodName}-{what}-', dir=G['tmp'])
+
+    def spool(self):
+        return self.scratch('spool')
+
+    def http_store(self):
+        """(URL of a fresh WebDAV collection on the module nginx, its directory on disk).
+
+        The directory does not exist yet: the first upload creates it.
+        """
+        name = f'store-{next(_STORE_IDS)}'
+        return G['nginx'].url(f'stores/{name}/'), os.path.join(G['out'], 'stores', name)
+
+    def mount(self, store, spool, manifest=None, options=(), **kwargs):
+        kwargs.setdefault('mount_timeout', 30)
+        kwargs.setdefault('exit_timeout', 30)
+        return testlib.Mount(manifest or G['url'],
+                             options=[f'checkpoints={store}', f'spool_dir={spool}', *options],
+                             **kwargs)
+
+    @staticmethod
+    def ck(m, rel=''):
+        return m.path(os.path.join('checkpoints', rel)) if rel else m.path('checkpoints')
+
+    def assert_errno(self, expected, fn, *args):
+        with self.assertRaises(OSError, msg=f'{fn.__name__}{args} succeeded') as cm:
+            fn(*args)
+        self.assertEqual(cm.exception.errno, expected,
+                         f'{fn.__name__}{args}: {cm.exception!r}, '
+                         f'expected {errno.errorcode[expected]}')
+
+    def assert_content(self, path, data):
+        """Same bytes, compared through a bounded child read (no hang on a stuck mount)."""
+        r = testlib.read_in_subprocess(path, timeout=120)
+        self.assertTrue(r.matches(data), f'{path}: {r} does not match {len(data)} expected bytes')
+
+    def assert_hash_xattr(self, path, want):
+        got = os.getxattr(path, HASH_XATTR).decode().strip()
+        self.assertEqual(got, want, f'{HASH_XATTR} of {path}')
+
+    def assert_store_sound(self, root):
+        """Every object is named by its own hash and every index record is whole JSON."""
+        self.assertEqual(ckpt.bad_objects(root) + ckpt.bad_index_records(root), [])
+
+
+class FixtureTests(CheckpointCase):
+    def test_nginx_lists_collections_as_json(self):
+        # The WebDAV store lists index/ through nginx `autoindex_format json`;
+        # without it no remount can find its records.
+        base = G['nginx'].url('stores/probe-listing/')
+        req = urllib.request.Request(base + 'index/r1.json', data=b'{}', method='PUT')
+        with urllib.request.urlopen(req, timeout=10) as r:
+            self.assertIn(r.status, (201, 204))
+        try:
+            with urllib.request.urlopen(base + 'index/', timeout=10) as r:
+                body = r.read()
+        except urllib.error.HTTPError as e:
+            self.fail(f'GET of a collection: HTTP {e.code} (nginx autoindex off?)')
+        try:
+            listing = json.loads(body)
+        except ValueError:
+            self.fail(f'GET of a collection is not a JSON autoindex: {body[:200]!r}')
+        self.assertEqual([e.get('name') for e in listing], ['r1.json'])
+
+
+class DatasetTreeTests(CheckpointCase):
+    def test_samples_and_shards_stay_read_only_beside_checkpoints(self):
+        url, _root = self.http_store()
+        with self.mount(url, self.spool()) as m:
+            self.assertEqual(testlib.read_file(m.path('samples/.hidden')), G['files']['.hidden'])
+            self.assert_errno(errno.EROFS, os.open, m.path('samples/new'),
+                              os.O_WRONLY | os.O_CREAT, 0o644)
+            self.assert_errno(errno.EROFS, os.mkdir, m.path('shards/new-dir'))
+            self.assert_errno(errno.EROFS, os.unlink, m.path('samples/.hidden'))
+            os.mkdir(self.ck(m, 'writable'))
+            self.assertTrue(os.path.isdir(self.ck(m, 'writable')))
+
+
+class BigCopyTests(CheckpointCase):
+    def test_cp_256mib_random_file_over_webdav(self):
+        url, root = self.http_store()
+        src = os.path.join(self.scratch('src'), 'big.bin')
+        ckpt.write_random(src, BIG_SIZE, seed=256)
+        want = ckpt.xxh128_file(src)
+        with self.mount(url, self.spool(), options=['spool_size=1GiB'], exit_timeout=120) as m:
+            dst = self.ck(m, 'big.bin')
+            r = subprocess.run(['cp', src, dst], capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, f'cp failed: {r.stderr}')
+            self.assertEqual(os.stat(dst).st_size, BIG_SIZE)
+            self.assertEqual(ckpt.xxh128_file(dst), want, 'bytes read back differ')
+            # close() returned, so the object is already durable in nginx's root.
+            obj = os.path.join(root, 'objects', want)
+            self.assertTrue(os.path.isfile(obj), f'{obj} missing; objects: {ckpt.objects(root)}')
+            self.assertEqual(os.path.getsize(obj), BIG_SIZE)
+            self.assertEqual(ckpt.xxh128_file(obj), want)
+            g = subprocess.run(['getfattr', '-n', HASH_XATTR, '--only-values', '--absolute-names',
+                                dst], capture_output=True, text=True, timeout=60)
+            self.assertEqual(g.returncode, 0, g.stderr)
+            self.assertEqual(g.stdout.strip(), want, 'getfattr hash differs from xxhsum -H2')
+            self.assert_hash_xattr(dst, want)
+        # Read back from the store alone: a fresh mount with an empty spool.
+        with self.mount(url, self.spool(), exit_timeout=60) as m:
+            self.assertEqual(ckpt.xxh128_file(self.ck(m, 'big.bin')), want)
+        self.assertEqual(ckpt.objects(root), [want])
+        self.assert_store_sound(root)
+
+
+_TORCH_SAVE = r'''
+import sys, torch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+for _ in range(3):
+    loss = model(torch.randn(32, 16)).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+state = {"epoch": 3, "model": model.state_dict(), "optimizer": opt.state_dict(), "note": "shelbyfs"}
+for path in sys.argv[1:]:
+    torch.save(state, path)
+print("saved", sum(t.numel() for t in state["model"].values()))
+'''
+
+_TORCH_COMPARE = r'''
+import sys, torch
+def same(a, b, where):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), where
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), f"{where}: keys {list(a)} != {list(b)}"
+        for k in a:
+            same(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+got = torch.load(sys.argv[1], map_location="cpu")
+want = torch.load(sys.argv[2], map_location="cpu")
+same(got, want, "state")
+assert got["optimizer"]["state"], "optimizer state is empty"
+model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+model.load_state_dict(got["model"])
+torch.optim.Adam(model.parameters(), lr=1e-3).load_state_dict(got["optimizer"])
+print("equal")
+'''
+
+
+class TorchTests(CheckpointCase):
+    def run_torch(self, script, *args):
+        r = subprocess.run([TORCH_PY, '-c', script, *args], capture_output=True, text=True,
+                           timeout=300)
+        self.assertEqual(r.returncode, 0, f'{TORCH_PY} failed:\n{r.stdout}\n{r.stderr}')
+        return r.stdout
+
+    def test_torch_save_load_round_trip(self):
+        probe = subprocess.run([TORCH_PY, '-c', 'import torch'], capture_output=True, timeout=120)
+        if probe.returncode != 0:
+            if os.environ.get('CI', '').lower() == 'true':
+                self.fail(f'{TORCH_PY} cannot import torch')
+            self.skipTest(f'{TORCH_PY} cannot import torch')
+        url, root = self.http_store()
+        ref = os.path.join(self.scratch('ref'), 'ref.pt')
+        with self.mount(url, self.spool()) as m:
+            os.mkdir(self.ck(m, 'torch'))
+            path = self.ck(m, 'torch/epoch-3.pt')
+            self.run_torch(_TORCH_SAVE, path, ref)
+            self.assertIn('equal', self.run_torch(_TORCH_COMPARE, path, ref))
+            want = ckpt.xxh128_file(path)
+            self.assert_hash_xattr(path, want)
+            self.assertIn(want, ckpt.objects(root))
+        with self.mount(url, self.spool()) as m:
+            self.assertIn('equal', self.run_torch(_TORCH_COMPARE, self.ck(m, 'torch/epoch-3.pt'),
+                                                  ref))
+        self.assert_store_sound(root)
+
+
+class AtomicSaveTests(CheckpointCase):
+    def atomic_save(self, directory, name, data):
+        """The usual crash-safe save: write a temp file, fsync it, rename over the final name."""
+        tmp = os.path.join(directory, f'.{name}.tmp')
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            third = len(data) // 3
+            for piece in (data[:third], data[third:2 * third], data[2 * third:]):
+                self.assertEqual(os.write(fd, piece), len(piece))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, os.path.join(directory, name))
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def assert_saved(self, directory, name, data):
+        self.assertEqual(sorted(os.listdir(directory)), [name], 'temp file left behind')
+        self.assertFalse(os.path.lexists(os.path.join(directory, f'.{name}.tmp')))
+        self.assert_content(os.path.join(directory, name), data)
+        self.assert_hash_xattr(os.path.join(directory, name), ckpt.xxh128(data))
+
+    def test_write_fsync_rename_over_final(self):
+        url, root = self.http_store()
+        old, new, newer = seeded(300 * KiB, 1), seeded(2 * MiB + 17, 2), seeded(MiB + 5, 3)
+        with self.mount(url, self.spool()) as m:
+            d = self.ck(m, 'run-7')
+            os.mkdir(d)
+            put(os.path.join(d, 'model.pt'), old)
+            self.atomic_save(d, 'model.pt', new)
+            self.assert_saved(d, 'model.pt', new)
+            # Again, over a final name that itself came from a rename.
+            self.atomic_save(d, 'model.pt', newer)
+            self.assert_saved(d, 'model.pt', newer)
+        with self.mount(url, self.spool()) as m:
+            self.assert_saved(self.ck(m, 'run-7'), 'model.pt', newer)
+        self.assert_store_sound(root)
+
+
+class VersionTests(CheckpointCase):
+    def test_three_overwrites_keep_three_versions_and_store_is_append_only(self):
+        url, root = self.http_store()
+        contents = [seeded(100 * KiB + i, 40 + i) for i in range(3)]
+        hashes = [ckpt.xxh128(c) for c in contents]
+        t_start = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        with self.mount(url, self.spool()) as m:
+            os.mkdir(self.ck(m, 'run1'))
+            path = self.ck(m, 'run1/model.bin')
+            before = ckpt.snapshot(root)
+            for data in contents:
+                put(path, data)
+                after = ckpt.snapshot(root)
+                self.assertEqual(ckpt.changed_files(before, after), [])
+                before = after
+            self.assert_content(path, contents[-1])
+            vdir = self.ck(m, '.versions/run1/model.bin')
+            self.assertTrue(os.path.isdir(vdir), f'{vdir} is not a directory')
+            names = os.listdir(vdir)
+            self.assertEqual(len(names), 3, names)
+            stamps = []
+            for name, data, h in zip(sorted(names), contents, hashes):
+                match = ckpt.VERSION_NAME.match(name)
+                self.assertIsNotNone(match, f'version name {name!r}')
+                self.assertEqual(match.group(2), h[:16], f'{name}: hash prefix')
+                stamps.append(datetime.datetime.strptime(match.group(1), '%Y%m%dT%H%M%S.%fZ'))
+                vpath = os.path.join(vdir, name)
+                self.assert_content(vpath, data)
+                self.assertFalse(os.stat(vpath).st_mode & 0o222, f'{name} is writable')
+            now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+            slack = datetime.timedelta(minutes=2)
+            self.assertEqual(stamps, sorted(stamps))
+            self.assertTrue(t_start - slack <= stamps[0] and stamps[-1] <= now + slack,
+                            f'version times {stamps} outside the test run')
+            # .versions is read-only, whatever the operation.
+            one = os.path.join(vdir, sorted(names)[0])
+            self.assert_errno(errno.EROFS, os.open, one, os.O_WRONLY)
+            self.assert_errno(errno.EROFS, os.truncate, one, 0)
+            self.assert_errno(errno.EROFS, os.unlink, one)
+            self.assert_errno(errno.EROFS, os.rename, one, one + '.x')
+            self.assert_errno(errno.EROFS, os.open, os.path.join(vdir, 'new'),
+                              os.O_WRONLY | os.O_CREAT, 0o644)
+            self.assert_errno(errno.EROFS, os.mkdir, self.ck(m, '.versions/new-dir'))
+            self.assert_content(one, contents[0])
+            # Identical content under another name is stored once.
+            put(self.ck(m, 'run1/copy-of-first.bin'), contents[0])
+            self.assert_hash_xattr(self.ck(m, 'run1/copy-of-first.bin'), hashes[0])
+            self.assertEqual(ckpt.changed_files(before, ckpt.snapshot(root)), [])
+        self.assertEqual(ckpt.objects(root), sorted(hashes))
+        self.assertEqual(ckpt.bad_index_records(root), [])
+        self.assertTrue(ckpt.store_files(os.path.join(root, 'index')), 'no index records')
+        self.assert_store_sound(root)
+
+
+class XattrTests(CheckpointCase):
+    def check_xattrs(self, path, want_hash):
+        def get(name):
+            try:
+                return os.getxattr(path, name)
+            except OSError as e:
+                return f'{name}: {e.strerror}'
+        self.assertEqual(get('user.epoch'), b'7')
+        self.assertEqual(get('user.loss'), b'0.0123')
+        self.assertTrue({'user.epoch', 'user.loss', HASH_XATTR} <= set(os.listxattr(path)),
+                        os.listxattr(path))
+        self.assert_hash_xattr(path, want_hash)
+        g = subprocess.run(['getfattr', '-n', HASH_XATTR, '--only-values', '--absolute-names',
+                            path], capture_output=True, text=True, timeout=60)
+        self.assertEqual((g.returncode, g.stdout.strip()), (0, want_hash), g.stderr)
+
+    def test_user_xattrs_survive_remount_on_another_machine(self):
+        url, root = self.http_store()
+        data = seeded(123 * KiB, 5)
+        want = ckpt.xxh128(data)
+        with self.mount(url, self.spool()) as m:
+            os.mkdir(self.ck(m, 'xattr'))
+            path = self.ck(m, 'xattr/epoch-7.pt')
+            put(path, data)
+            os.setxattr(path, 'user.epoch', b'7')
+            os.setxattr(path, 'user.loss', b'0.0123')
+            self.check_xattrs(path, want)
+        # Another "machine": a fresh spool, same manifest and store.
+        with self.mount(url, self.spool()) as m:
+            path = self.ck(m, 'xattr/epoch-7.pt')
+            self.assert_content(path, data)
+            self.check_xattrs(path, want)
+        self.assert_store_sound(root)
+
+
+class FreshMountTests(CheckpointCase):
+    def test_fresh_mount_sees_everything(self):
+        url, root = self.http_store()
+        deep, top, moved, gone = (seeded(50 * KiB, 10), seeded(70 * KiB, 11),
+                                  seeded(1500 * KiB, 12), seeded(9 * KiB, 13))
+        expected = {
+            'runs': 'd', 'runs/a': 'd', 'runs/a/b': 'd', 'runs/a/b/c': 'd', 'runs/empty': 'd',
+            'runs/a/b/c/deep.bin': deep,
+            'runs/top.bin': top,
+            'runs/a/b/renamed.bin': moved,
+            'runs/log.txt': b'epoch 1\nepoch 2\n',
+        }
+        with self.mount(url, self.spool()) as m:
+            c = self.ck(m)
+            os.makedirs(os.path.join(c, 'runs/a/b/c'))
+            os.mkdir(os.path.join(c, 'runs/empty'))
+            os.mkdir(os.path.join(c, 'runs/removed-dir'))
+            os.rmdir(os.path.join(c, 'runs/removed-dir'))
+            put(os.path.join(c, 'runs/a/b/c/deep.bin'), deep)
+            put(os.path.join(c, 'runs/top.bin'), top)
+            os.chmod(os.path.join(c, 'runs/top.bin'), 0o600)
+            os.utime(os.path.join(c, 'runs/top.bin'), (1_700_000_000, 1_700_000_000))
+            put(os.path.join(c, 'runs/a/moved-from.bin'), moved)
+            os.rename(os.path.join(c, 'runs/a/moved-from.bin'),
+                      os.path.join(c, 'runs/a/b/renamed.bin'))
+            put(os.path.join(c, 'runs/gone.bin'), gone)
+            os.unlink(os.path.join(c, 'runs/gone.bin'))
+            # Shell redirects: `>` creates, `>>` appends to a published checkpoint.
+            r = subprocess.run(['sh', '-c', 'echo "epoch 1" > runs/log.txt && '
+                                            'echo "epoch 2" >> runs/log.txt'],
+                               cwd=c, capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(find_tree(c), expected)
+        with self.mount(url, self.spool()) as m:
+            c = self.ck(m)
+            self.assertEqual(find_tree(c), expected)
+            for rel, data in expected.items():
+                if data != 'd':
+                    self.assert_hash_xattr(os.path.join(c, rel), ckpt.xxh128(data))
+            self.assertFalse(os.path.lexists(os.path.join(c, 'runs/gone.bin')))
+            self.assertFalse(os.path.lexists(os.path.join(c, 'runs/removed-dir')))
+            vdir = os.path.join(c, '.versions/runs/gone.bin')
+            versions = os.listdir(vdir)
+            self.assertEqual(len(versions), 1, versions)
+            self.assert_content(os.path.join(vdir, versions[0]), gone)
+        self.assert_store_sound(root)
+
+    def test_default_location_is_checkpoints_beside_manifest(self):
+        # nginx serves G['out'], so both the manifest URL's directory and the
+        # local manifest's directory put the default store in out/checkpoints/.
+        store_dir = os.path.join(G['out'], 'checkpoints')
+        for seed, (label, manifest) in enumerate((('url', G['url']),
+                                                   ('local', G['manifest_path']))):
+            with self.subTest(manifest=label):
+                data = seeded(40 * KiB, 70 + seed)
+                want = ckpt.xxh128(data)
+                with testlib.Mount(manifest, options=[f'spool_dir={self.spool()}']) as m:
+                    put(self.ck(m, f'default-{label}.bin'), data)
+                    self.assert_hash_xattr(self.ck(m, f'default-{label}.bin'), want)
+                self.assertIn(want, ckpt.objects(store_dir))
+                self.assertEqual(testlib.read_file(os.path.join(store_dir, 'objects', want)), data)
+        self.assert_store_sound(store_dir)
+
+
+class StoreFailureTests(CheckpointCase):
+    """A private nginx behind a ThrottleProxy, so uploads can be slowed and interrupted."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.store_root = testlib.make_tmpdir('shelbyfs-ckpt-failstore-')
+        cls.addClassCleanup(shutil.rmtree, cls.store_root, True)
+        cls.nginx = testlib.Nginx(cls.store_root).__enter__()
+        cls.addClassCleanup(cls.nginx.close)
+        cls.proxy = ThrottleProxy(cls.nginx.port, match=UPLOAD_PUT).__enter__()
+        cls.addClassCleanup(cls.proxy.close)
+
+    def setUp(self):
+        self.proxy.set_rate(None)
+        self.proxy.restore()
+        self.nginx.start()          # no-op unless a failed test left it stopped
+
+    def proxied_store(self):
+        name = f'store-{next(_STORE_IDS)}'
+        return self.proxy.url(f'{name}/'), os.path.join(self.store_root, name)
+
+    def interrupted_cp(self, src, dst, min_bytes, interrupt):
+        """cp src dst at SLOW_RATE; once min_bytes of its upload went through, interrupt().
+
+        Returns (upload seen?, cp exit status or None if it hung, cp stderr).
+        """
+        mark = self.proxy.mark()
+        self.proxy.set_rate(SLOW_RATE)
+        cp = subprocess.Popen(['cp', src, dst], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        started = False
+        try:
+            started = self.proxy.wait_for_body(min_bytes, 60, proc=cp, since=mark)
+            if started:
+                interrupt()
+            try:
+                _out, err = cp.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                return started, None, 'cp did not exit within 120s'
+            return started, cp.returncode, err
+        finally:
+            if cp.poll() is None:
+                cp.kill()
+                try:
+                    cp.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+            self.proxy.set_rate(None)
+
+    def test_store_down_mid_upload_fails_close_with_eio(self):
+        url, root = self.proxied_store()
+        old = seeded(200 * KiB, 20)
+        src_dir = self.scratch('src')
+        outages = {
+            'nginx stopped': (self.nginx.stop, self.nginx.start),
+            'connections dropped': (self.proxy.cut, self.proxy.restore),
+        }
+        with self.mount(url, self.spool(), manifest=G['manifest_path'], options=FAST_FAIL,
+                        allow_errors=ckpt.EXPECTED_ERRORS) as m:
+            put(self.ck(m, 'keep.bin'), old)
+            seed = 100
+            for how, (down, up) in outages.items():
+                for name in (f'new-{seed}.bin', 'keep.bin'):
+                    seed += 1
+                    with self.subTest(outage=how, name=name):
+                        src = os.path.join(src_dir, f'{seed}.bin')
+                        ckpt.write_random(src, INTERRUPT_SIZE, seed)
+                        try:
+                            started, rc, err = self.interrupted_cp(src, self.ck(m, name),
+                                                                   256 * KiB, down)
+                        finally:
+                            up()
+                        self.assertTrue(started, f'no upload reached the store; cp: {rc} {err}')
+                        self.assertIsNotNone(rc, err)
+                        self.assertNotEqual(rc, 0, 'cp succeeded although the store was down')
+                        self.assertIn('Input/output error', err)
+                        if name == 'keep.bin':
+                            self.assert_content(self.ck(m, name), old)
+                            self.assert_hash_xattr(self.ck(m, name), ckpt.xxh128(old))
+                        elif os.path.lexists(self.ck(m, name)):
+                            time.sleep(2)   # diagnosis only: is it a stale kernel dentry?
+                            later = 'still there' if os.path.lexists(self.ck(m, name)) else 'gone'
+                            self.fail(f'{name} visible right after its failed close ({later} 2 s '
+                                      'later; a dentry cached for the entry TTL must be '
+                                      'invalidated too)')
+                        self.assert_store_sound(root)
+            # The store is back: the same mount publishes again.
+            fine = seeded(300 * KiB, 30)
+            put(self.ck(m, 'after-outage.bin'), fine)
+            self.assert_content(self.ck(m, 'after-outage.bin'), fine)
+            self.assertIn(ckpt.xxh128(fine), ckpt.objects(root))
+        # And a fresh mount agrees: old content kept, failed names absent.
+        with self.mount(url, self.spool(), manifest=G['manifest_path']) as m:
+            self.assertEqual(set(os.listdir(self.ck(m))) - {'.versions'},
+                             {'after-outage.bin', 'keep.bin'})
+            self.assert_content(self.ck(m, 'keep.bin'), old)
+        self.assert_store_sound(root)
+
+    def test_sigkill_mid_upload_then_remount_resumes(self):
+        url, root = self.proxied_store()
+        spool = self.spool()
+        src = os.path.join(self.scratch('src'), 'crash.bin')
+        ckpt.write_random(src, CRASH_SIZE, seed=77)
+        want = ckpt.xxh128_file(src)
+        earlier = seeded(250 * KiB, 78)
+        status, sanitizer, started, uploads, log = None, [], False, [], ''
+        m = self.mount(url, spool, manifest=G['manifest_path'], options=FAST_FAIL,
+                       allow_errors=ckpt.EXPECTED_ERRORS)
+        with m:
+            put(self.ck(m, 'earlier.bin'), earlier)
+            mark = self.proxy.mark()
+
+            def kill():
+                nonlocal status, sanitizer
+                status, sanitizer = ckpt.kill_mount(m)
+
+            started, _rc, _err = self.interrupted_cp(src, self.ck(m, 'crash.bin'), 2 * MiB, kill)
+            uploads = self.proxy.matching_requests(since=mark)
+            log = m.log()
+        self.assertTrue(started, f'no upload reached the store before the kill; daemon log:\n'
+                                 f'{log[-3000:]}')
+        self.assertEqual(status, -signal.SIGKILL)
+        self.assertEqual(sanitizer, [])
+        # The kill must have landed mid-upload, or this test proves nothing.
+        interrupted = [u for u in uploads if u[1] >= 2 * MiB]
+        self.assertTrue(interrupted and not any(done for _line, _n, done in interrupted),
+                        f'the upload finished before the kill: {uploads}')
+        # Let nginx see the dropped connections and discard the partial bodies.
+        self.assertTrue(self.proxy.wait_idle(30), 'proxy connections still open after the kill')
+        self.assert_store_sound(root)
+        self.assertNotIn(want, ckpt.objects(root), 'the upload finished before the kill')
+
+        # Same spool, same store: the pending upload completes before the mount is ready.
+        with self.mount(url, spool, manifest=G['manifest_path'], mount_timeout=120) as m:
+            self.assertIn(want, ckpt.objects(root), 'pending upload not finished at mount time')
+            self.assertEqual(ckpt.xxh128_file(self.ck(m, 'crash.bin')), want)
+            self.assert_hash_xattr(self.ck(m, 'crash.bin'), want)
+            self.assert_content(self.ck(m, 'earlier.bin'), earlier)
+            # No name points at bytes other than its hash: a checkpoint's hash
+            # xattr, a version's hash prefix in its name.
+            paths = [os.path.join(d, f) for d, _dirs, files in os.walk(self.ck(m)) for f in files]
+            self.assertTrue(paths)
+            versions = self.ck(m, '.versions') + '/'
+            for path, got in ckpt.xxh128_files(paths).items():
+                if path.startswith(versions):
+                    self.assertTrue(os.path.basename(path).endswith('-' + got[:16]), path)
+                else:
+                    self.assert_hash_xattr(path, got)
+        self.assert_store_sound(root)
+        # Another machine sees it too: it is in the store, not only in the spool.
+        with self.mount(url, self.spool(), manifest=G['manifest_path']) as m:
+            self.assertEqual(ckpt.xxh128_file(self.ck(m, 'crash.bin')), want)
+            self.assert_content(self.ck(m, 'earlier.bin'), earlier)
+
+
+class WriterTests(CheckpointCase):
+    def test_random_offset_writes_and_truncate(self):
+        url, root = self.http_store()
+        rng = random.Random(2024)
+        model = bytearray()
+
+        def write_at(fd, offset, data):
+            self.assertEqual(os.pwrite(fd, data, offset), len(data))
+            if offset > len(model):
+                model.extend(bytes(offset - len(model)))
+            model[offset:offset + len(data)] = data
+
+        def truncate_to(size):
+            if size < len(model):
+                del model[size:]
+            else:
+                model.extend(bytes(size - len(model)))
+
+        with self.mount(url, self.spool()) as m:
+            os.mkdir(self.ck(m, 'rw'))
+            path = self.ck(m, 'rw/random.bin')
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                for i in range(300):
+                    op = rng.random()
+                    if op < 0.85:       # including past EOF, leaving holes
+                        write_at(fd, rng.randrange(len(model) + 256 * KiB),
+                                 rng.randbytes(rng.randint(1, 64 * KiB)))
+                    elif op < 0.95:
+                        size = rng.randrange(len(model) + 128 * KiB)
+                        os.ftruncate(fd, size)
+                        truncate_to(size)
+                    else:
+                        self.assertTrue(os.pread(fd, len(model) + 10, 0) == model,
+                                        f'read-your-writes differs after op {i}')
+                    if i == 150:
+                        os.fsync(fd)    # a mid-way fsync publishes; writing goes on
+                self.assertEqual(os.fstat(fd).st_size, len(model))
+            finally:
+                os.close(fd)
+            self.assert_content(path, bytes(model))
+            self.assert_hash_xattr(path, ckpt.xxh128(bytes(model)))
+            # Reopen the published file without O_TRUNC and patch it in place.
+            fd = os.open(path, os.O_RDWR)
+            try:
+                write_at(fd, len(model) // 2, b'patched in the middle')
+                write_at(fd, len(model), b'appended at the end')
+            finally:
+                os.close(fd)
+            self.assert_content(path, bytes(model))
+            # Truncate by path, with no open file: shrink, then grow with a hole.
+            os.truncate(path, 1000)
+            truncate_to(1000)
+            self.assert_content(path, bytes(model))
+            os.truncate(path, 5000)
+            truncate_to(5000)
+            self.assert_content(path, bytes(model))
+            self.assert_hash_xattr(path, ckpt.xxh128(bytes(model)))
+        # truncate(2) reports success, so the result must be published too.
+        with self.mount(url, self.spool()) as m:
+            self.assert_content(self.ck(m, 'rw/random.bin'), bytes(model))
+        self.assert_store_sound(root)
+
+    def test_full_spool_gives_enospc(self):
+        url, root = self.http_store()
+        data = seeded(4 * MiB, 60)
+        with self.mount(url, self.spool(), options=['spool_size=1MiB'],
+                        allow_errors=ckpt.EXPECTED_ERRORS) as m:
+            path = self.ck(m, 'too-big.bin')
+            failure = None
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                for offset in range(0, len(data), 64 * KiB):
+                    try:
+                        os.write(fd, data[offset:offset + 64 * KiB])
+                    except OSError as e:
+                        failure = e
+                        break
+            finally:
+                try:
+                    os.close(fd)
+                except OSError as e:
+                    failure = failure or e
+            self.assertIsNotNone(failure, 'a 4 MiB write into a 1 MiB spool succeeded')
+            self.assertEqual(failure.errno, errno.ENOSPC, repr(failure))
+            # Never corruption: if anything was published, it is bytes we wrote.
+            if os.path.lexists(path):
+                got = testlib.read_file(path)
+                self.assertTrue(data.startswith(got), 'published bytes are not what was written')
+            src = os.path.join(self.scratch('src'), 'big.bin')
+            put(src, data)
+            r = subprocess.run(['cp', src, self.ck(m, 'cp-too-big.bin')], capture_output=True,
+                               text=True, timeout=120)
+            self.assertNotEqual(r.returncode, 0, 'cp of 4 MiB into a 1 MiB spool succeeded')
+            self.assertIn('No space left on device', r.stderr)
+            # The space comes back: a file that fits still works.
+            small = seeded(256 * KiB, 61)
+            put(self.ck(m, 'fits.bin'), small)
+            self.assert_content(self.ck(m, 'fits.bin'), small)
+            self.assert_hash_xattr(self.ck(m, 'fits.bin'), ckpt.xxh128(small))
+        self.assert_store_sound(root)
+
+    def test_local_directory_store(self):
+        root = self.scratch('local-store')
+        src = os.path.join(self.scratch('src'), 'model.bin')
+        ckpt.write_random(src, 3 * MiB + 1, seed=90)
+        want = ckpt.xxh128_file(src)
+        with self.mount(root, self.spool(), manifest=G['manifest_path']) as m:
+            os.makedirs(self.ck(m, 'local/run'))
+            dst = self.ck(m, 'local/run/model.bin')
+            r = subprocess.run(['cp', src, dst], capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(ckpt.xxh128_file(dst), want)
+            self.assert_hash_xattr(dst, want)
+            self.assertEqual(ckpt.objects(root), [want])
+            self.assertTrue(ckpt.store_files(os.path.join(root, 'index')), 'no index records')
+        with self.mount(root, self.spool(), manifest=G['manifest_path']) as m:
+            self.assertEqual(ckpt.xxh128_file(self.ck(m, 'local/run/model.bin')), want)
+            self.assertTrue(stat.S_ISDIR(os.stat(self.ck(m, 'local/run')).st_mode))
+        self.assert_store_sound(root)
+
+
+if __name__ == '__main__':
+    testlib.require_prereqs()
+    unittest.main(verbosity=2)
