@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # shelbyfs end to end on a fresh Debian 12 machine, run from the repo root as root:
 #   install deps -> build -> Fashion-MNIST to PNG ImageFolder -> pack -> serve with
-#   nginx on loopback -> mount the manifest URL -> train a small CNN from the mount.
+#   nginx on loopback (range GET + WebDAV PUT) -> mount the manifest URL -> train a
+#   small CNN from the mount, checkpointing into <mnt>/checkpoints -> check the
+#   checkpoint on the server -> remount as a fresh machine and resume training.
 #
 # usage: bash tools/demo.sh [WORK_DIR]        (default /tmp/shelbyfs-demo)
 # environment:
 #   SHELBYFS_DEMO_DIR    work dir (same as the argument)
 #   DEMO_COUNT           images to convert (default 10000)
 #   DEMO_EPOCHS          training epochs (default 1)
+#   DEMO_SAVE_EVERY      steps between checkpoints (default 50)
+#   DEMO_RESUME_STEPS    steps trained after the resume (default 50)
 #   DEMO_SKIP_DEPS=1     do not run tools/deps.sh
 #   DEMO_MOUNT_OPTS      extra -o options for the mount (e.g. cache_size=256MiB)
 # Everything started here (nginx, the mount) is stopped by the EXIT trap, even on failure.
@@ -17,6 +21,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${1:-${SHELBYFS_DEMO_DIR:-/tmp/shelbyfs-demo}}
 COUNT=${DEMO_COUNT:-10000}
 EPOCHS=${DEMO_EPOCHS:-1}
+SAVE_EVERY=${DEMO_SAVE_EVERY:-50}
+RESUME_STEPS=${DEMO_RESUME_STEPS:-50}
 PY=/usr/bin/python3               # Debian's python, which has torch and torchvision
 BUILD=$REPO/build
 SHELBYFS=$BUILD/src/shelbyfs
@@ -25,6 +31,8 @@ IMAGES=$WORK/images
 PACKED=$WORK/packed
 MNT=$WORK/mnt
 LOG=$WORK/shelbyfs.log
+SPOOL=$WORK/spool
+TRAIN_LOG=$WORK/train.log
 URL_FILE=$WORK/server.url
 
 SERVE_PID=
@@ -150,12 +158,14 @@ mount_fs() {
         unmount
     fi
     mkdir -p "$MNT"
-    rm -f -- "$LOG"
-    local opts="log_file=$LOG${DEMO_MOUNT_OPTS:+,$DEMO_MOUNT_OPTS}"
+    # A spool of its own per mount: the second mount plays another machine.
+    local spool=$SPOOL-$1
+    rm -rf -- "$spool"
+    local opts="log_file=$LOG,spool_dir=$spool${DEMO_MOUNT_OPTS:+,$DEMO_MOUNT_OPTS}"
     "$SHELBYFS" mount "$MANIFEST_URL" "$MNT" -o "$opts"
     MOUNTED=1
     is_mounted || die "mount returned but $MNT is not mounted"
-    echo "mounted $MANIFEST_URL at $MNT (daemon pid $(daemon_pids | xargs))"
+    echo "mounted $MANIFEST_URL at $MNT (daemon pid $(daemon_pids | xargs)), checkpoints at ${BASE_URL}checkpoints/"
     ls "$MNT"
     echo "samples/: $(find "$MNT/samples" -mindepth 1 -maxdepth 1 | wc -l) class dirs;" \
          "shards/: $(find "$MNT/shards" -mindepth 1 -maxdepth 1 | wc -l) shards"
@@ -163,12 +173,38 @@ mount_fs() {
 
 train() {
     "$PY" "$REPO/examples/train_fmnist.py" --data "$MNT/samples" --epochs "$EPOCHS" \
-        --batch-size 64 --workers 2
+        --batch-size 64 --workers 2 --checkpoint-dir "$MNT/checkpoints/run1" \
+        --save-every "$SAVE_EVERY" | tee "$TRAIN_LOG"
 }
 
-# A later change adds the checkpoint step here: save from train_fmnist.py to
-# $MNT/checkpoints/, then show the object appear on the server (PUT via nginx dav).
-checkpoints() { :; }
+# The checkpoint as the server stores it: an object named by its XXH3-128.
+show_checkpoint() {
+    local ckpt=$MNT/checkpoints/run1/latest.pt hash object
+    hash=$(getfattr --absolute-names --only-values -n user.shelbyfs.hash "$ckpt")
+    object=$PACKED/checkpoints/objects/$hash
+    [[ -f $object ]] || die "no object $object on the server"
+    [[ $(xxhsum -H2 "$object" | cut -d' ' -f1) == "$hash" ]] || die "object $object does not hash to its name"
+    cmp -s "$ckpt" "$object" || die "$ckpt differs from $object"
+    echo "run1/latest.pt: $(stat -c %s "$ckpt") bytes, user.shelbyfs.hash=$hash," \
+         "step $(getfattr --absolute-names --only-values -n user.step "$ckpt")"
+    echo "on the server: ${BASE_URL}checkpoints/objects/$hash (xxhsum -H2 agrees, bytes equal)"
+    echo "versions kept: $(ls "$MNT/checkpoints/.versions/run1/latest.pt" | wc -l) under checkpoints/.versions/run1/latest.pt/"
+}
+
+# A fresh mount (new spool: another machine) sees the checkpoint and resumes.
+resume() {
+    local last steps
+    last=$(getfattr --absolute-names --only-values -n user.step "$MNT/checkpoints/run1/latest.pt")
+    unmount
+    mount_fs second
+    steps=$((last + RESUME_STEPS))
+    "$PY" "$REPO/examples/train_fmnist.py" --data "$MNT/samples" --batch-size 64 --workers 2 \
+        --checkpoint-dir "$MNT/checkpoints/run1" --save-every "$SAVE_EVERY" --max-steps "$steps" |
+        tee -a "$TRAIN_LOG"
+    grep -q "^resumed from step=$last " "$TRAIN_LOG" || die "training did not resume from step $last"
+    [[ $(getfattr --absolute-names --only-values -n user.step "$MNT/checkpoints/run1/latest.pt") == "$steps" ]] ||
+        die "the resumed run did not save step $steps"
+}
 
 teardown() {
     unmount
@@ -187,14 +223,15 @@ main() {
     cd "$REPO"
     mkdir -p "$WORK"
     local t0=$SECONDS
-    step "1/7 install dependencies (tools/deps.sh)"; deps
-    step "2/7 build (meson)";                         build
-    step "3/7 Fashion-MNIST -> $COUNT PNGs";           dataset
-    step "4/7 shelbyfs pack";                          pack
-    step "5/7 serve $PACKED with nginx";               serve
-    step "6/7 mount $MANIFEST_URL";                    mount_fs
-    step "7/7 train on $MNT/samples";                  train
-    checkpoints
+    step "1/9 install dependencies (tools/deps.sh)"; deps
+    step "2/9 build (meson)";                         build
+    step "3/9 Fashion-MNIST -> $COUNT PNGs";           dataset
+    step "4/9 shelbyfs pack";                          pack
+    step "5/9 serve $PACKED with nginx";               serve
+    step "6/9 mount $MANIFEST_URL";                    mount_fs first
+    step "7/9 train on $MNT/samples, checkpointing into $MNT/checkpoints/run1"; train
+    step "8/9 the checkpoint on the server";           show_checkpoint
+    step "9/9 remount as a fresh machine and resume";  resume
     step "teardown";                                    teardown
     step "done in $((SECONDS - t0))s (work dir: $WORK)"
 }
