@@ -113,7 +113,7 @@ struct Checkpoints::OpenState {
     std::atomic<bool> dirty{false};         // differs from the published version
     std::atomic<std::uint64_t> size{0};     // for getattr without the mutex
     int writers = 0;      // writable handles sharing it (under tree_mutex_)
-    bool failed = false;  // a close could not save it: detached, never published
+    std::atomic<bool> failed{false};  // a write or close failed: detached, never published
 };
 
 struct Checkpoints::Node {
@@ -408,8 +408,15 @@ IndexRecord Checkpoints::next_record(std::vector<IndexOp> ops) {
 }
 
 Result<void> Checkpoints::write_record(const IndexRecord& record) {
-    auto w = store_.put_bytes(record.key(), record.to_json());
-    if (!w) return make_error(w.error().code, "writing index record " + record.key() + ": " + w.error().message);
+    std::string json = record.to_json();
+    auto w = store_.put_bytes(record.key(), json);
+    if (!w) {
+        // The PUT may have landed before the failure (a timeout after the
+        // server stored it): then the record is in, and saying EIO would lie.
+        auto there = store_.head(record.key());
+        if (!there || *there != json.size())
+            return make_error(w.error().code, "writing index record " + record.key() + ": " + w.error().message);
+    }
     records_.fetch_add(1);
     return {};
 }
@@ -438,6 +445,10 @@ Result<void> Checkpoints::upload(const ObjectRef& object, const std::string& dat
     return {};
 }
 
+// Finish the uploads a dead mount journaled. Each journal holds the exact
+// record (key included) the dead mount was about to write, so finishing it
+// keeps its place in time: a later unlink or rename still wins, and a record
+// that did land before the crash is not written twice.
 Result<void> Checkpoints::resume_orphans() {
     auto orphans = spool_->claim_orphans();
     for (const Spool::Orphan& o : orphans) {
@@ -456,7 +467,10 @@ Result<void> Checkpoints::resume_orphans() {
             continue;
         }
         auto up = upload(op.object, o.data_path);
-        if (up) up = write_record(next_record(o.record.ops));
+        if (up) {
+            auto landed = store_.head(o.record.key());
+            if (!landed) up = write_record(o.record);
+        }
         if (!up) {
             log::warn("checkpoint", "pending upload of \"" + op.path + "\" failed again (kept for the next mount): " +
                                         up.error().message);
@@ -508,6 +522,7 @@ Result<void> Checkpoints::load() {
 
 // Publish the spooled content of `ino` (caller holds open.mutex).
 Result<void> Checkpoints::publish(InodeNo ino, OpenState& open) {
+    if (open.failed) return make_error(Errc::Io, "an earlier write or close of this file failed; it was not saved");
     if (!open.dirty) return {};
     std::string path;
     auto fail = [&](Error e) -> Result<void> {
@@ -517,63 +532,61 @@ Result<void> Checkpoints::publish(InodeNo ino, OpenState& open) {
         return e;
     };
     auto ref = open.file->finish_hash();
-    IndexOp op;
-    {
+    // The op as it would be recorded now; rebuilt under ns_mutex_ after the
+    // upload, since a rename or metadata change may come in between.
+    auto current_op = [&]() -> std::optional<IndexOp> {
         std::lock_guard lock(tree_mutex_);
         Node& n = node(ino);
-        if (!n.linked) {  // unlinked while open: nothing to publish
-            open.dirty = false;
-            return {};
-        }
+        if (!n.linked) return std::nullopt;  // unlinked while open: nothing to publish
         path = path_of(n);
-        if (ref) op = put_op(n, path, *ref);
-    }
+        return put_op(n, path, *ref);
+    };
     if (!ref) return fail(std::move(ref).error());
-    IndexRecord pending;
-    pending.time_ns = now_ns();
-    pending.writer = writer_;
-    pending.ops = {op};
-    auto ticket = spool_->journal(*open.file, pending);
+    std::optional<IndexOp> op = current_op();
+    if (!op) {
+        open.dirty = false;
+        return {};
+    }
+    // Journal the upload with the record that will name it, so a crash
+    // mid-upload is finished by the next mount.
+    auto ticket = spool_->journal(*open.file, next_record({*op}));
     if (!ticket) return fail(std::move(ticket).error());
     auto up = upload(*ref, open.file->path());
     if (!up) {
         spool_->drop(*ticket);
         return fail(std::move(up).error());
     }
+    std::lock_guard ns(ns_mutex_);
+    op = current_op();
+    if (!op) {
+        spool_->drop(*ticket);
+        open.dirty = false;
+        return {};
+    }
+    IndexRecord record = next_record({*op});
+    auto j = spool_->rejournal(*ticket, record);
+    if (j) j = write_record(record);
+    if (!j) {
+        spool_->drop(*ticket);
+        return fail(std::move(j).error());
+    }
     {
-        std::lock_guard ns(ns_mutex_);
-        {
-            std::lock_guard lock(tree_mutex_);
-            Node& n = node(ino);
-            if (!n.linked) {
-                spool_->drop(*ticket);
-                open.dirty = false;
-                return {};
-            }
-            path = path_of(n);  // it may have been renamed during the upload
-            op = put_op(n, path, *ref);
-        }
-        IndexRecord record = next_record({op});
-        auto w = write_record(record);
-        if (!w) {
-            spool_->drop(*ticket);
-            return fail(std::move(w).error());
-        }
         std::lock_guard lock(tree_mutex_);
         Node& n = node(ino);
-        n.version = make_version(op, record.time_ns);
+        n.version = make_version(*op, record.time_ns);
         add_version(path, n.version);
     }
-    spool_->drop(*ticket);
     open.dirty = false;
+    spool_->drop(*ticket);
     log::debug("checkpoint", "saved \"" + path + "\" as " + object_key(ref->hash) + " (" +
                                  std::to_string(ref->size) + " bytes)");
     return {};
 }
 
-// Record the current mode, mtime and xattrs of a published, clean file.
-Result<void> Checkpoints::record_meta(InodeNo ino) {
-    std::lock_guard ns(ns_mutex_);
+// Record the current mode, mtime and xattrs of `ino`'s saved version (the
+// next save carries them too). Caller holds ns_mutex_, so a save running at
+// the same time either already included them or has published its version.
+Result<void> Checkpoints::record_meta_locked(InodeNo ino) {
     IndexOp op;
     {
         std::lock_guard lock(tree_mutex_);
@@ -682,6 +695,7 @@ void Checkpoints::end_write(InodeNo ino, const std::shared_ptr<OpenState>& os) {
         if (n.version) {
             log::error("checkpoint", "\"" + path + "\": discarding changes that were not saved; it keeps its last "
                                                    "saved content");
+            revert(n);
         } else {
             log::error("checkpoint", "\"" + path + "\": removing a file whose content was never saved");
             drop_name(n);
@@ -689,17 +703,26 @@ void Checkpoints::end_write(InodeNo ino, const std::shared_ptr<OpenState>& os) {
     }
 }
 
-// A close could not save `os`: the name must not show unsaved bytes from now
-// on. A never-saved file loses its name; a saved one shows its saved content.
-// Handles still open on `os` keep it, and their later closes fail too.
+// A write or close could not save `os`: the name must not show unsaved bytes
+// from now on. A never-saved file loses its name; a saved one shows its saved
+// content. Handles still open on `os` keep it, and their closes fail too.
 void Checkpoints::abandon(InodeNo ino, OpenState& os) {
     std::lock_guard ns(ns_mutex_);
     std::lock_guard lock(tree_mutex_);
     os.failed = true;
     Node& n = node(ino);
     if (n.open.get() == &os) n.open.reset();
-    if (!n.version && n.linked) drop_name(n);
-    else if (invalidate_) invalidate_(n.ino, 0, {});
+    if (!n.linked) return;
+    if (!n.version) drop_name(n);
+    else revert(n);
+}
+
+// Show the saved version again (content, mode, mtime, xattrs).
+void Checkpoints::revert(Node& n) {
+    n.mode = n.version->mode;
+    n.mtime_ns = n.version->mtime_ns;
+    n.xattrs = n.version->xattrs;
+    if (invalidate_) invalidate_(n.ino, 0, {});
 }
 
 // Detach a name the kernel did not remove itself, and tell it to forget it.
@@ -782,6 +805,8 @@ Result<std::pair<Attr, FileHandle>> Checkpoints::create(InodeNo parent, std::str
                                                         int flags) {
     auto ok = check_name(name);
     if (!ok) return std::move(ok).error();
+    auto file = spool_->create_file();  // disk I/O: before taking the locks
+    if (!file) return std::move(file).error();
     InodeNo ino = 0;
     {
         std::lock_guard ns(ns_mutex_);
@@ -795,12 +820,6 @@ Result<std::pair<Attr, FileHandle>> Checkpoints::create(InodeNo parent, std::str
             ino = existing->ino;
         } else {
             Node& n = new_node(dir, std::string(name), false, mode & 07777);
-            ino = n.ino;
-            auto file = spool_->create_file();
-            if (!file) {
-                detach(n);
-                return std::move(file).error();
-            }
             auto os = std::make_shared<OpenState>();
             os->file = std::move(*file);
             os->dirty = true;  // a new file is saved on close even if empty
@@ -845,9 +864,12 @@ Result<std::size_t> Checkpoints::write(FileHandle fh, std::uint64_t offset, cons
     if (!h.writable) return make_error(Errc::Permission, "write to a file opened read-only");
     {
         std::lock_guard fl(h.open->mutex);
+        if (h.open->failed) return make_error(Errc::Io, "an earlier write or close of this file failed");
         auto w = h.open->file->write(offset, data, size);
         if (!w) {
-            if (w.error().code == Errc::NoSpace) log::warn("checkpoint", w.error().message);
+            // Part of it may be on disk: this content must never be saved.
+            log::error("checkpoint", "write failed, the file will not be saved: " + w.error().message);
+            abandon(h.ino, *h.open);
             return std::move(w).error();
         }
         h.open->size = h.open->file->size();
@@ -858,47 +880,40 @@ Result<std::size_t> Checkpoints::write(FileHandle fh, std::uint64_t offset, cons
     return size;
 }
 
-// Empty content is saved at release instead: a shell redirect closes a dup
-// of the new file before writing to it, and that close must not publish an
-// empty version. An empty file has no data to lose; fsync still saves it.
 Result<void> Checkpoints::flush(FileHandle fh) {
     Handle h = handle(fh);
     if (!h.writable) return {};
     std::lock_guard fl(h.open->mutex);
-    if (h.open->failed) return make_error(Errc::Io, "an earlier close of this file could not save it");
-    if (h.open->dirty && h.open->size.load() == 0) return {};
     auto r = publish(h.ino, *h.open);
-    if (!r) abandon(h.ino, *h.open);
+    if (!r && !h.open->failed) abandon(h.ino, *h.open);
     return r;
 }
 
-// fsync may be retried by the caller, so a failure leaves the file as it is.
+// fsync(2) is per file, not per descriptor: a read-only descriptor syncs
+// whatever another one wrote. A failure leaves the file as it is (fsync may
+// be retried).
 Result<void> Checkpoints::fsync(FileHandle fh) {
     Handle h = handle(fh);
-    if (!h.writable) return {};
-    std::lock_guard fl(h.open->mutex);
-    if (h.open->failed) return make_error(Errc::Io, "an earlier close of this file could not save it");
-    return publish(h.ino, *h.open);
+    std::shared_ptr<OpenState> os = h.open;
+    if (!os) {
+        std::lock_guard lock(tree_mutex_);
+        os = node(h.ino).open;
+    }
+    if (!os) return {};
+    std::lock_guard fl(os->mutex);
+    return publish(h.ino, *os);
 }
 
 void Checkpoints::release(FileHandle fh) {
     std::unique_ptr<Handle> h;
-    bool last_writer = false;
     {
         std::lock_guard lock(tree_mutex_);
         auto it = handles_.find(fh);
         if (it == handles_.end()) return;
         h = std::move(it->second);
         handles_.erase(it);
-        if (h->writable) last_writer = h->open->writers == 1;
     }
-    if (!h->writable) return;
-    if (last_writer) {
-        std::lock_guard fl(h->open->mutex);
-        if (h->open->dirty && !h->open->failed && h->open->size.load() == 0)
-            (void)publish(h->ino, *h->open);  // logs failures
-    }
-    end_write(h->ino, h->open);
+    if (h->writable) end_write(h->ino, h->open);
 }
 
 Result<Attr> Checkpoints::setattr(InodeNo ino, const SetAttrRequest& req, FileHandle fh) {
@@ -911,52 +926,72 @@ Result<Attr> Checkpoints::setattr(InodeNo ino, const SetAttrRequest& req, FileHa
     }
     if (req.size) {
         if (is_dir) return make_error(Errc::IsDirectory, "truncate of a directory");
+        // ftruncate(fd) changes the content like a write: saved at close or
+        // fsync. truncate(path) has no close to wait for: saved now.
         std::shared_ptr<OpenState> os;
+        bool by_path = true;
         if (fh != 0) {
             Handle h = handle(fh);
-            if (h.writable) os = h.open;
-        }
-        bool own = false;
-        if (!os) {
-            std::lock_guard lock(tree_mutex_);
-            Node& n = node(ino);
-            if (n.open) {
-                os = n.open;
+            if (h.writable) {
+                os = h.open;
+                by_path = false;
             }
         }
-        if (!os) {  // truncate(2) of a file nobody has open: save it now
-            auto begun = begin_write(ino, *req.size == 0);
-            if (!begun) return std::move(begun).error();
-            os = *begun;
-            own = true;
+        if (by_path) {
+            {
+                std::lock_guard lock(tree_mutex_);
+                os = node(ino).open;
+                if (os) ++os->writers;  // keep it attached until we are done
+            }
+            if (!os) {
+                auto begun = begin_write(ino, *req.size == 0);
+                if (!begun) return std::move(begun).error();
+                os = *begun;
+            }
         }
-        if (os->failed) return make_error(Errc::Io, "an earlier close of this file could not save it");
         Result<void> r;
         {
             std::lock_guard fl(os->mutex);
-            r = os->file->truncate(*req.size);
+            if (os->failed) r = make_error(Errc::Io, "an earlier write or close of this file failed");
+            else r = os->file->truncate(*req.size);
             if (r) {
                 os->size = *req.size;
                 os->dirty = true;
-                std::lock_guard lock(tree_mutex_);
-                node(ino).mtime_ns = req.mtime_ns.value_or(now_ns());
+                {
+                    std::lock_guard lock(tree_mutex_);
+                    node(ino).mtime_ns = req.mtime_ns.value_or(now_ns());
+                }
+                if (by_path) r = publish(ino, *os);
             }
-            if (r && own) r = publish(ino, *os);
         }
-        if (own) end_write(ino, os);
+        if (by_path) end_write(ino, os);
         if (!r) return std::move(r).error();
     }
-    bool record = false;
     if (req.mode || req.mtime_ns) {
-        std::lock_guard lock(tree_mutex_);
-        Node& n = node(ino);
-        if (req.mode) n.mode = *req.mode & 07777;
-        if (req.mtime_ns) n.mtime_ns = *req.mtime_ns;
-        record = !n.is_dir && n.version && !(n.open && n.open->dirty);
-    }
-    if (record && !req.size) {
-        auto r = record_meta(ino);
-        if (!r) return std::move(r).error();
+        // Under ns_mutex_: a save in progress either records these or has
+        // already published the version this records them on.
+        std::lock_guard ns(ns_mutex_);
+        mode_t old_mode = 0;
+        std::int64_t old_mtime = 0;
+        bool record = false;
+        {
+            std::lock_guard lock(tree_mutex_);
+            Node& n = node(ino);
+            old_mode = n.mode;
+            old_mtime = n.mtime_ns;
+            if (req.mode) n.mode = *req.mode & 07777;
+            if (req.mtime_ns) n.mtime_ns = *req.mtime_ns;
+            record = !n.is_dir && n.version && n.linked;
+        }
+        if (record) {
+            auto r = record_meta_locked(ino);
+            if (!r) {
+                std::lock_guard lock(tree_mutex_);
+                node(ino).mode = old_mode;
+                node(ino).mtime_ns = old_mtime;
+                return std::move(r).error();
+            }
+        }
     }
     std::lock_guard lock(tree_mutex_);
     return attr_of(node(ino));
@@ -1083,6 +1118,8 @@ Result<void> Checkpoints::rename(InodeNo parent, std::string_view name, InodeNo 
         }
         Node* dst = child(dp, new_name);
         if (dst == src) return {};
+        if (dst != nullptr && (dst->readonly || dst->ino == versions_ino_))
+            return make_error(Errc::ReadOnly, ".versions is read-only");
         std::string from = path_of(*src);
         std::string to = join(path_of(dp), new_name);
         if (dst != nullptr) {
@@ -1131,6 +1168,7 @@ Result<void> Checkpoints::setxattr(InodeNo ino, std::string_view name, std::stri
         return make_error(Errc::Permission, std::string(name) + " is maintained by shelbyfs");
     if (!valid_utf8(name)) return make_error(Errc::InvalidArgument, "xattr names must be UTF-8");
     if (value.size() > kMaxXattrValue) return make_error(Errc::TooBig, "xattr value over 64 KiB");
+    std::lock_guard ns(ns_mutex_);  // see setattr
     XattrMap before;
     bool record = false;
     {
@@ -1147,10 +1185,10 @@ Result<void> Checkpoints::setxattr(InodeNo ino, std::string_view name, std::stri
         if (total > kMaxXattrTotal) return make_error(Errc::NoSpace, "xattrs of one file over 256 KiB");
         before = n.xattrs;
         n.xattrs[std::string(name)] = std::string(value);
-        record = n.version && !(n.open && n.open->dirty);
+        record = n.version && n.linked;
     }
     if (!record) return {};
-    auto r = record_meta(ino);
+    auto r = record_meta_locked(ino);
     if (!r) {
         std::lock_guard lock(tree_mutex_);
         node(ino).xattrs = std::move(before);
@@ -1185,6 +1223,7 @@ Result<std::vector<std::string>> Checkpoints::listxattr(InodeNo ino) {
 Result<void> Checkpoints::removexattr(InodeNo ino, std::string_view name) {
     if (name.rfind("user.shelbyfs.", 0) == 0)
         return make_error(Errc::Permission, std::string(name) + " is maintained by shelbyfs");
+    std::lock_guard ns(ns_mutex_);  // see setattr
     XattrMap before;
     bool record = false;
     {
@@ -1194,10 +1233,10 @@ Result<void> Checkpoints::removexattr(InodeNo ino, std::string_view name) {
         if (n.xattrs.count(std::string(name)) == 0) return make_error(Errc::NoData, "no such xattr");
         before = n.xattrs;
         n.xattrs.erase(std::string(name));
-        record = !n.is_dir && n.version && !(n.open && n.open->dirty);
+        record = !n.is_dir && n.version && n.linked;
     }
     if (!record) return {};
-    auto r = record_meta(ino);
+    auto r = record_meta_locked(ino);
     if (!r) {
         std::lock_guard lock(tree_mutex_);
         node(ino).xattrs = std::move(before);

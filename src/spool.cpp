@@ -111,7 +111,10 @@ Result<void> SpoolFile::write(std::uint64_t offset, const char* data, std::size_
         charged_ = end;
     }
     auto w = write_all(fd_, data, size, offset, path_);
-    if (!w) return w;
+    if (!w) {
+        in_order_ = false;  // part of it may have landed: the running hash is stale
+        return w;
+    }
     if (in_order_ && offset == hashed_) feed(data, size);
     else in_order_ = false;
     size_ = std::max(size_, end);
@@ -179,19 +182,25 @@ Result<std::unique_ptr<Spool>> Spool::open(const std::string& dir, std::uint64_t
     fs::create_directories(dir, ec);
     if (ec) return make_error(Errc::Io, "spool directory " + dir + ": " + ec.message());
     ::chmod(dir.c_str(), 0700);
-    std::string instance = dir + "/inst-" + std::to_string(::getpid()) + "-" + random_hex();
+    // Built and locked under a temporary name, then renamed: another mount
+    // scanning for dead instances never sees an inst- directory unlocked.
+    std::string name = std::to_string(::getpid()) + "-" + random_hex();
+    std::string building = dir + "/new-" + name;
+    std::string instance = dir + "/inst-" + name;
     for (const char* sub : {"/open", "/pending"}) {
-        fs::create_directories(instance + sub, ec);
-        if (ec) return make_error(Errc::Io, "spool directory " + instance + sub + ": " + ec.message());
+        fs::create_directories(building + sub, ec);
+        if (ec) return make_error(Errc::Io, "spool directory " + building + sub + ": " + ec.message());
     }
-    std::string lock_path = instance + "/lock";
+    std::string lock_path = building + "/lock";
     int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) return io_error("create " + lock_path, errno);
-    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0 || ::rename(building.c_str(), instance.c_str()) != 0) {
         int err = errno;
         ::close(fd);
-        return io_error("lock " + lock_path, err);
+        fs::remove_all(building, ec);
+        return io_error("claim " + instance, err);
     }
+    fsync_dir(dir);
     return std::unique_ptr<Spool>(new Spool(dir, instance, fd, limit, block_size));
 }
 
@@ -232,9 +241,24 @@ Result<Spool::Ticket> Spool::journal(const SpoolFile& file, const IndexRecord& r
     return t;
 }
 
+Result<void> Spool::rejournal(const Ticket& ticket, const IndexRecord& record) {
+    std::string tmp = ticket.journal_path + ".new";
+    auto w = write_file_synced(tmp, record.to_json());
+    if (!w) return w;
+    if (::rename(tmp.c_str(), ticket.journal_path.c_str()) != 0) {
+        int err = errno;
+        ::unlink(tmp.c_str());
+        return io_error("rename " + tmp, err);
+    }
+    fsync_dir(instance_ + "/pending");
+    return {};
+}
+
+// Data first: a crash in between leaves a journal without data, which the
+// next mount drops, rather than data no journal points at.
 void Spool::drop(const Ticket& ticket) {
-    ::unlink(ticket.journal_path.c_str());
     ::unlink(ticket.data_path.c_str());
+    ::unlink(ticket.journal_path.c_str());
 }
 
 std::vector<Spool::Orphan> Spool::claim_orphans() {
@@ -253,6 +277,8 @@ std::vector<Spool::Orphan> Spool::claim_orphans() {
             std::lock_guard lock(claimed_mutex_);
             claimed_.emplace_back(inst, fd);
         }
+        // Files that were being written when it died were never saved.
+        fs::remove_all(inst + "/open", ec);
         std::vector<std::string> journals;
         for (const auto& p : fs::directory_iterator(inst + "/pending", ec))
             if (p.path().extension() == ".json") journals.push_back(p.path().string());

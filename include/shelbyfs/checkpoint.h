@@ -141,12 +141,13 @@ private:
     Result<void> write_record(const IndexRecord& record);
     Result<void> upload(const ObjectRef& object, const std::string& data_path);
     Result<void> publish(InodeNo ino, OpenState& open);
-    Result<void> record_meta(InodeNo ino);
+    Result<void> record_meta_locked(InodeNo ino);
     Result<std::shared_ptr<OpenState>> materialize(InodeNo ino, bool truncate);
     Result<std::shared_ptr<OpenState>> begin_write(InodeNo ino, bool truncate);
     void end_write(InodeNo ino, const std::shared_ptr<OpenState>& os);
     void abandon(InodeNo ino, OpenState& os);
     void drop_name(Node& n);
+    void revert(Node& n);
     Handle handle(FileHandle fh);
 
     ObjectStore& store_;

@@ -4,6 +4,7 @@
 //
 // Layout under the spool directory (one per checkpoint store):
 //   inst-<pid>-<random>/lock        flock()ed by the live mount that owns it
+//                                   (built as new-<pid>-<random>, locked, renamed)
 //   inst-<pid>-<random>/open/<n>    data of files being written
 //   inst-<pid>-<random>/pending/<n>.data, <n>.json
 //                                   an upload in progress: a hard link to the
@@ -85,9 +86,12 @@ public:
         std::string data_path;
         std::string journal_path;
     };
-    /// Record that `file`'s bytes are about to be uploaded, and `record` (ops
-    /// only; time and sequence are assigned when it is written) published after.
+    /// Record that `file`'s bytes are about to be uploaded, and that `record`
+    /// (exactly, key included) is to be written once they are.
     Result<Ticket> journal(const SpoolFile& file, const IndexRecord& record);
+    /// Replace the journaled record (the file was renamed or its metadata
+    /// changed during the upload): durable before it returns.
+    Result<void> rejournal(const Ticket& ticket, const IndexRecord& record);
     /// The upload finished (or failed for good): forget it.
     void drop(const Ticket& ticket);
 

@@ -428,6 +428,116 @@ TEST_SUITE("checkpoint") {
         CHECK(a.read("open") == "abc");
     }
 
+    TEST_CASE("a resumed upload keeps its place in time: a later unlink wins, a landed record is not repeated") {
+        TempDir t;
+        std::string spool = t.path + "/spool";
+        {
+            Mount m(t.path + "/store", t.path + "/spool-a");
+            REQUIRE(m.save("f", "v1"));
+            REQUIRE(m.ck->unlink(kRoot, "f"));  // recorded now, after the journal below
+        }
+        std::string data = "v2 that was uploading when the mount died";
+        std::string inst = spool + "/inst-2-dead";
+        fs::create_directories(inst + "/pending");
+        { std::ofstream(inst + "/lock"); }
+        { std::ofstream(inst + "/pending/1.data", std::ios::binary) << data; }
+        IndexRecord rec;
+        rec.time_ns = 1000;  // journaled before the unlink
+        rec.writer = "00000000000000aa";
+        rec.seq = 1;
+        IndexOp op;
+        op.kind = IndexOp::Kind::Put;
+        op.path = "f";
+        op.object.hash = ContentHash::of(data);
+        op.object.size = data.size();
+        op.object.block_size = 4096;
+        op.object.blocks = {ContentHash::of(data)};
+        rec.ops = {op};
+        { std::ofstream(inst + "/pending/1.json") << rec.to_json(); }
+        auto count_index = [&] {
+            std::size_t n = 0;
+            for (const auto& f : store_files(t.path + "/store")) n += f.rfind("index/", 0) == 0;
+            return n;
+        };
+        std::size_t before = count_index();
+        {
+            Mount m(t.path + "/store", spool);
+            CHECK(!m.ino("f"));  // the unlink recorded after the journal still wins
+            CHECK(m.names(".versions/f").size() == 2);
+            CHECK(fs::exists(t.path + "/store/" + rec.key()));
+        }
+        CHECK(count_index() == before + 1);
+        // The same journal again (a crash after the record landed): no second record.
+        fs::create_directories(inst + "/pending");
+        { std::ofstream(inst + "/lock"); }
+        { std::ofstream(inst + "/pending/1.data", std::ios::binary) << data; }
+        { std::ofstream(inst + "/pending/1.json") << rec.to_json(); }
+        { Mount m(t.path + "/store", spool); }
+        CHECK(count_index() == before + 1);
+    }
+
+    TEST_CASE("a failed write poisons the file: close fails and the saved version stays") {
+        TempDir t;
+        Mount m(t.path + "/store", t.path + "/spool", 64 * 1024);
+        REQUIRE(m.save("model.pt", "good"));
+        auto r = m.save("model.pt", pattern_bytes(100 * 1024, 12), 16 * 1024);
+        REQUIRE(!r);
+        CHECK(to_errno(r.error().code) == ENOSPC);
+        CHECK(m.read("model.pt") == "good");
+        CHECK(*m.ck->getxattr(*m.ino("model.pt"), kHashXattr) == ContentHash::of("good").hex());
+        // Writing the big file in one go, then closing: the close reports the failure too.
+        auto h = m.ck->open(*m.ino("model.pt"), O_WRONLY | O_TRUNC);
+        REQUIRE(h);
+        std::string big = pattern_bytes(100 * 1024, 13);
+        CHECK(!m.ck->write(*h, 0, big.data(), big.size()));
+        CHECK(to_errno(m.ck->flush(*h).error().code) == EIO);
+        m.ck->release(*h);
+        Mount fresh(t.path + "/store", t.path + "/spool2");
+        CHECK(fresh.read("model.pt") == "good");
+    }
+
+    TEST_CASE("empty files are saved at close; fsync on any descriptor saves; truncate(path) is recorded") {
+        TempDir t;
+        {
+            Mount m(t.path + "/store", t.path + "/spool");
+            auto c = m.ck->create(kRoot, "empty", 0644, O_WRONLY | O_CREAT);
+            REQUIRE(c);
+            REQUIRE(m.ck->flush(c->second));  // close() returns only once it is stored
+            CHECK(m.ck->getxattr(c->first.st.st_ino, kHashXattr));
+            m.ck->release(c->second);
+            // A writer keeps a file open; another process fsyncs it read-only, then truncates by path.
+            auto w = m.ck->create(kRoot, "shared", 0644, O_RDWR | O_CREAT);
+            REQUIRE(w);
+            REQUIRE(m.ck->write(w->second, 0, "new-content", 11));
+            auto ro = m.ck->open(w->first.st.st_ino, O_RDONLY);
+            REQUIRE(ro);
+            REQUIRE(m.ck->fsync(*ro));
+            CHECK(*m.ck->getxattr(w->first.st.st_ino, kHashXattr) == ContentHash::of("new-content").hex());
+            SetAttrRequest r;
+            r.size = 3;
+            REQUIRE(m.ck->setattr(w->first.st.st_ino, r, 0));
+            CHECK(*m.ck->getxattr(w->first.st.st_ino, kHashXattr) == ContentHash::of("new").hex());
+            SetAttrRequest chmod;
+            chmod.mode = 0600;
+            REQUIRE(m.ck->setattr(w->first.st.st_ino, chmod, 0));
+            m.ck->release(*ro);
+            m.ck->release(w->second);  // the writer never closes cleanly: no flush
+        }
+        Mount fresh(t.path + "/store", t.path + "/spool2");
+        CHECK(fresh.read("empty").empty());
+        CHECK(fresh.read("shared") == "new");
+        CHECK((fresh.ck->getattr(*fresh.ino("shared"))->st.st_mode & 07777) == 0600);
+    }
+
+    TEST_CASE(".versions cannot be replaced or created by users") {
+        TempDir t;
+        Mount m(t.path + "/store", t.path + "/spool");
+        REQUIRE(m.ck->mkdir(kRoot, "d", 0755));
+        CHECK(to_errno(m.ck->rename(kRoot, "d", kRoot, ".versions", 0).error().code) == EROFS);
+        CHECK(to_errno(m.ck->mkdir(kRoot, ".versions", 0755).error().code) == EEXIST);
+        CHECK(to_errno(m.ck->rename(kRoot, ".versions", kRoot, "x", 0).error().code) == EROFS);
+    }
+
     TEST_CASE("index records: round trip, keys sort by time, damage is named") {
         IndexRecord r;
         r.time_ns = 1'700'000'000'000'000'001;
