@@ -478,6 +478,12 @@ int run_fuse(Filesystem& fs, const FuseOptions& options, std::string* error) {
     fuse_session_unmount(se);
     fuse_remove_signal_handlers(se);
     fuse_session_destroy(se);
+    // ECONNABORTED: the kernel tore the connection down, as it can when a
+    // lazily unmounted filesystem loses its last user: an unmount, not a failure.
+    if (rc == -ECONNABORTED || rc == ECONNABORTED) {
+        log::info("fuse", "the kernel closed the connection (unmounted)");
+        rc = 0;
+    }
     if (rc != 0 && rc != SIGINT && rc != SIGTERM && rc != SIGHUP) {
         *error = "FUSE session loop failed: " + std::string(std::strerror(rc < 0 ? -rc : rc));
         return 1;
