@@ -42,6 +42,8 @@ mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint>`.
   -d                  foreground with libfuse's request trace
   -o cache_size=SIZE  block cache budget (default 512MiB; at least the
                       manifest's block size)
+  -o prefetch=N       prefetch up to N blocks ahead of a sequential reader
+                      of a shard (default 16; 0 turns prefetch off)
   -o threads=N        FUSE worker threads (default 16)
   -o retries=N        retries of a failed HTTP request (default 5)
   -o timeout=SECS     abort a transfer that stalls this long (default 30)
@@ -95,6 +97,10 @@ std::string apply_mount_option(MountCommand& m, std::string_view opt) {
         auto v = need_value() ? std::nullopt : parse_size(value);
         if (!v || *v < 1024 * 1024) return "bad -o cache_size: '" + std::string(value) + "' (want a size >= 1MiB)";
         m.cache_size = *v;
+    } else if (key == "prefetch") {
+        auto v = need_value() ? std::nullopt : parse_count(value, 0, 1024);
+        if (!v) return "bad -o prefetch: '" + std::string(value) + "' (want 0..1024 blocks)";
+        m.prefetch = static_cast<std::uint32_t>(*v);
     } else if (key == "threads") {
         auto v = need_value() ? std::nullopt : parse_count(value, 1, 1024);
         if (!v) return "bad -o threads: '" + std::string(value) + "' (want 1..1024)";

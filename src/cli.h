@@ -21,6 +21,7 @@ struct MountCommand {
     bool foreground = false;
     bool fuse_debug = false;
     std::uint64_t cache_size = 512ull * 1024 * 1024;
+    std::uint32_t prefetch = 16;  ///< most blocks prefetched ahead of a sequential reader; 0 = off
     unsigned threads = 16;
     int retries = 5;
     double timeout_s = 30;

@@ -1,7 +1,8 @@
-// Block fetching with single-flight and verification.
+// Block fetching with single-flight, verification and sequential prefetch.
 #include "shelbyfs/fetcher.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <stdexcept>
 
@@ -9,10 +10,59 @@
 
 namespace shelbyfs {
 
+namespace {
+
+// A stream is sequential once this many reads have continued it: one read
+// next to another is common among random reads of a small shard (8 streams,
+// 3 blocks each, out of 64), two in a row on the same stream is not.
+constexpr std::uint32_t kSequentialRuns = 2;
+// The first window: two blocks cover the next read and the one after while
+// the stream proves itself; it doubles per block advanced from there.
+constexpr std::uint32_t kInitialWindow = 2;
+// Queued prefetches over all objects; the byte budget normally binds first.
+constexpr std::size_t kMaxQueued = 1024;
+// How often a prefetch worker waiting on a request checks for shutdown: the
+// bound on how long ~Fetcher waits for a stalled request.
+constexpr auto kStopPoll = std::chrono::milliseconds(10);
+
+// Wait for `f`; false if `stop` was requested first (the request is abandoned).
+bool await(std::future<Result<std::string>>& f, const std::stop_token& stop) {
+    if (!stop.stop_possible()) {
+        f.wait();
+        return true;
+    }
+    while (f.wait_for(kStopPoll) != std::future_status::ready)
+        if (stop.stop_requested()) return false;
+    return true;
+}
+
+}  // namespace
+
 Fetcher::Fetcher(BlobReader& reader, BlockCache& cache, std::vector<ObjectSpec> objects, FetcherOptions options)
-    : reader_(reader), cache_(cache), options_(options) {
+    : reader_(reader),
+      cache_(cache),
+      options_(options),
+      prefetch_budget_(options.prefetch_budget_bytes != 0 ? options.prefetch_budget_bytes : cache.budget() / 4) {
     objects_.reserve(objects.size());
     for (ObjectSpec& o : objects) objects_.push_back(std::make_unique<const ObjectSpec>(std::move(o)));
+}
+
+Fetcher::~Fetcher() {
+    std::vector<std::jthread> workers;
+    {
+        std::lock_guard lock(prefetch_mutex_);
+        workers.swap(workers_);
+    }
+    for (auto& w : workers) w.request_stop();
+    // Each worker fails its current prefetch (abandoning a request still on
+    // the wire) and exits; the ones nobody started are failed here.
+    workers.clear();
+    std::deque<BlockKey> queued;
+    {
+        std::lock_guard lock(prefetch_mutex_);
+        queued.swap(queue_);
+    }
+    for (const BlockKey& key : queued) publish(key, make_error(Errc::Internal, "prefetch: cancelled (F07)"));
 }
 
 std::uint32_t Fetcher::add_object(ObjectSpec spec) {
@@ -52,7 +102,8 @@ Fetcher::Slot Fetcher::acquire(const BlockKey& key) {
         std::lock_guard lock(inflight_mutex_);
         auto it = inflight_.find(key);
         if (it != inflight_.end()) {
-            slot.pending = it->second.second;
+            slot.pending = it->second.result;
+            slot.joined_prefetch = it->second.prefetch;
             joined_.fetch_add(1, std::memory_order_relaxed);
             return slot;
         }
@@ -62,7 +113,7 @@ Fetcher::Slot Fetcher::acquire(const BlockKey& key) {
         auto promise = std::make_unique<std::promise<Result<BlockPtr>>>();
         slot.lead = promise.get();
         slot.pending = promise->get_future().share();
-        inflight_.emplace(key, std::make_pair(std::move(promise), slot.pending));
+        inflight_.emplace(key, Inflight{std::move(promise), slot.pending, false});
     }
     fetches_.fetch_add(1, std::memory_order_relaxed);
     try {
@@ -70,21 +121,31 @@ Fetcher::Slot Fetcher::acquire(const BlockKey& key) {
         slot.first_attempt = reader_.read_range(o.location, block_offset(o, key), block_length(o, key));
     } catch (...) {
         // Never leave a registered fetch unresolved: joiners would wait for ever.
-        publish(slot, make_error(Errc::Internal, "fetch: starting the request failed (F04)"));
+        publish(key, make_error(Errc::Internal, "fetch: starting the request failed (F04)"));
+        slot.lead = nullptr;
         throw;
     }
     return slot;
 }
 
-Result<BlockPtr> Fetcher::verify_or_refetch(const BlockKey& key, std::future<Result<std::string>> attempt) {
+Result<BlockPtr> Fetcher::verify_or_refetch(const BlockKey& key, std::future<Result<std::string>> attempt,
+                                            Origin origin, std::stop_token stop) {
     const ObjectSpec& o = object(key.object);
     std::uint64_t offset = block_offset(o, key);
     std::uint64_t length = block_length(o, key);
     std::string range = "bytes " + std::to_string(offset) + "-" + std::to_string(offset + length - 1);
+    // A failed prefetch fails no read (a reader fetches the block again), so
+    // it is a warning; the demand fetch that follows logs its own outcome.
+    bool demand = origin == Origin::Demand;
+    auto give_up = [&](const std::string& what) {
+        if (demand) log::error("fetch", what);
+        else log::warn("prefetch", what + " (not cached; a read will fetch it again)");
+    };
     for (int i = 1;; ++i) {
+        if (!await(attempt, stop)) return make_error(Errc::Internal, "prefetch: cancelled (F07)");
         Result<std::string> data = attempt.get();
         if (!data) {
-            log::error("fetch", o.name + " " + range + ": " + data.error().message);
+            give_up(o.name + " " + range + ": " + data.error().message);
             // The object is named by the manifest, so "not found" or "bad
             // request" from the store is an I/O failure of this read (EIO),
             // not a missing file (ENOENT) or a caller error (EINVAL).
@@ -99,10 +160,10 @@ Result<BlockPtr> Fetcher::verify_or_refetch(const BlockKey& key, std::future<Res
         std::string what = o.name + " " + range + ": hash mismatch (expected " + o.blocks[key.index].hex() +
                            ", got " + got.hex() + ")";
         if (i >= options_.integrity_attempts) {
-            log::error("fetch", what + " after " + std::to_string(i) + " attempts; returning EIO");
+            give_up(what + " after " + std::to_string(i) + " attempts" + (demand ? "; returning EIO" : ""));
             return make_error(Errc::Integrity, what);
         }
-        log::warn("fetch", what + "; refetching");
+        log::warn(demand ? "fetch" : "prefetch", what + "; refetching");
         attempt = reader_.read_range(o.location, offset, length);
     }
 }
@@ -112,7 +173,7 @@ Result<BlockPtr> Fetcher::complete(Slot& slot) {
     if (slot.lead != nullptr) {
         Result<BlockPtr> result = make_error(Errc::Internal, "fetch: leader failed (F01)");
         try {
-            result = verify_or_refetch(slot.key, std::move(slot.first_attempt));
+            result = verify_or_refetch(slot.key, std::move(slot.first_attempt), Origin::Demand, {});
         } catch (const std::exception& e) {
             result = make_error(Errc::Internal, std::string("fetch: ") + e.what() + " (F02)");
         }
@@ -123,26 +184,213 @@ Result<BlockPtr> Fetcher::complete(Slot& slot) {
                 // Not caching is fine; the bytes are still good for this read.
             }
         }
-        publish(slot, result);
+        publish(slot.key, result);
+        slot.lead = nullptr;
         return result;
     }
-    return slot.pending.get();
+    Result<BlockPtr> result = slot.pending.get();
+    if (result || !slot.joined_prefetch) return result;
+    // The prefetch we joined failed; its error is not ours. Fetch the block
+    // on demand (leading, or joining whoever does) and report that outcome.
+    Slot again = acquire(slot.key);
+    again.joined_prefetch = false;  // one retry: a second failure is reported
+    return complete(again);
 }
 
-void Fetcher::publish(Slot& slot, const Result<BlockPtr>& result) noexcept {
+void Fetcher::publish(const BlockKey& key, const Result<BlockPtr>& result) noexcept {
     std::unique_ptr<std::promise<Result<BlockPtr>>> promise;
     {
         std::lock_guard lock(inflight_mutex_);
-        auto it = inflight_.find(slot.key);
-        promise = std::move(it->second.first);
+        auto it = inflight_.find(key);
+        promise = std::move(it->second.promise);
         inflight_.erase(it);
     }
-    slot.lead = nullptr;
     try {
         promise->set_value(result);
     } catch (...) {
         // set_value only throws if already satisfied, which publish prevents.
     }
+}
+
+void Fetcher::prefetch_after(std::uint32_t object, const ObjectSpec& o, std::uint64_t first,
+                             std::uint64_t last) noexcept {
+    try {
+        std::uint64_t blocks = std::min<std::uint64_t>((o.size + o.block_size - 1) / o.block_size, o.blocks.size());
+        std::lock_guard lock(prefetch_mutex_);
+        if (!unread_.empty())
+            for (std::uint64_t i = first; i <= last; ++i) consume_locked(BlockKey{object, i});
+        ObjectStreams& os = streams_[object];
+        ++os.clock;
+        // The read continues a stream if it starts in, just before or just
+        // after the stream's last block (reads of interleaved readers and of
+        // the kernel's parallel readahead arrive a little out of order).
+        Stream* s = nullptr;
+        for (std::size_t i = 0; i < os.count; ++i) {
+            Stream& c = os.streams[i];
+            if (first + 1 < c.last || first > c.last + 1) continue;
+            if (s == nullptr || c.window > s->window || (c.window == s->window && c.run > s->run)) s = &c;
+        }
+        if (s == nullptr) {
+            // A new stream, in a free slot or the least recently used one's.
+            // It has no window: a random read starts no prefetch.
+            Stream& slot = os.count < kStreams
+                               ? os.streams[os.count++]
+                               : *std::min_element(os.streams.begin(), os.streams.end(),
+                                                   [](const Stream& a, const Stream& b) { return a.used < b.used; });
+            slot = Stream{last, last + 1, os.clock, 0, 0};
+            return;
+        }
+        bool advanced = last > s->last;
+        s->last = std::max(s->last, last);
+        s->used = os.clock;
+        ++s->run;
+        if (s->window == 0) {
+            if (s->run >= kSequentialRuns) s->window = std::min(kInitialWindow, options_.prefetch_blocks);
+        } else if (advanced) {
+            s->window = std::min(s->window * 2, options_.prefetch_blocks);
+        }
+        if (s->window == 0) return;
+        std::uint64_t b = std::max(s->next, s->last + 1);
+        std::uint64_t end = std::min(s->last + 1 + s->window, blocks);
+        for (; b < end && os.inflight < s->window; ++b) {
+            BlockKey key{object, b};
+            if (!start_prefetch_locked(key, block_length(o, key), os)) break;
+        }
+        s->next = b;
+    } catch (...) {
+        // Prefetch is an optimisation: without memory for it, reads go on without it.
+    }
+}
+
+bool Fetcher::start_prefetch_locked(const BlockKey& key, std::uint64_t bytes, ObjectStreams& os) {
+    if (queue_.size() >= kMaxQueued) return false;
+    if (unread_bytes_ + bytes > prefetch_budget_) {
+        prune_unread_locked();
+        if (unread_bytes_ + bytes > prefetch_budget_) return false;
+    }
+    if (unread_.count(key) != 0) return true;  // prefetched already, in flight or cached
+    // A worker to run it: one more while the queue outgrows the idle ones
+    // (started before we know the block is needed; at worst it stays idle).
+    unsigned most = std::max(options_.prefetch_threads, 1u);
+    if (queue_.size() + 1 > idle_workers_ && workers_.size() < most) {
+        try {
+            workers_.emplace_back([this](std::stop_token stop) { prefetch_worker(stop); });
+        } catch (...) {
+            if (workers_.empty()) return false;  // nobody would ever run it
+        }
+    }
+    auto entry = unread_.try_emplace(key).first;
+    {
+        std::lock_guard lock(inflight_mutex_);
+        // Checked under the lock, like acquire(): a leader inserts into the
+        // cache before it leaves inflight_, so one of the two sees the block.
+        bool busy = inflight_.count(key) != 0 || cache_.get(key) != nullptr;
+        if (!busy) {
+            try {
+                auto promise = std::make_unique<std::promise<Result<BlockPtr>>>();
+                SharedBlock result = promise->get_future().share();
+                inflight_.emplace(key, Inflight{std::move(promise), std::move(result), true});
+            } catch (...) {
+                busy = true;  // not registered; treat as not needed
+            }
+        }
+        if (busy) {
+            unread_.erase(entry);
+            return true;
+        }
+    }
+    try {
+        queue_.push_back(key);
+    } catch (...) {
+        unread_.erase(entry);
+        publish(key, make_error(Errc::Internal, "prefetch: cannot queue (F08)"));
+        return false;
+    }
+    entry->second.bytes = bytes;
+    unread_bytes_ += bytes;
+    ++os.inflight;
+    ++pending_;
+    prefetched_.fetch_add(1, std::memory_order_relaxed);
+    queue_cv_.notify_one();
+    return true;
+}
+
+void Fetcher::consume_locked(const BlockKey& key) {
+    auto it = unread_.find(key);
+    if (it == unread_.end()) return;
+    Unread& u = it->second;
+    if (!u.done) {
+        u.wanted = true;  // counted when it lands
+        return;
+    }
+    if (!u.block.expired()) prefetch_hits_.fetch_add(1, std::memory_order_relaxed);
+    unread_bytes_ -= u.bytes;
+    unread_.erase(it);
+}
+
+void Fetcher::prune_unread_locked() {
+    // Blocks the cache evicted before anyone read them no longer hold budget.
+    for (auto it = unread_.begin(); it != unread_.end();) {
+        if (it->second.done && it->second.block.expired()) {
+            unread_bytes_ -= it->second.bytes;
+            it = unread_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+}
+
+void Fetcher::prefetch_worker(std::stop_token stop) {
+    std::unique_lock lock(prefetch_mutex_);
+    for (;;) {
+        ++idle_workers_;
+        bool has_work = queue_cv_.wait(lock, stop, [&] { return !queue_.empty(); });
+        --idle_workers_;
+        if (!has_work || stop.stop_requested()) return;
+        BlockKey key = queue_.front();
+        queue_.pop_front();
+        lock.unlock();
+        run_prefetch(key, stop);
+        lock.lock();
+    }
+}
+
+void Fetcher::run_prefetch(const BlockKey& key, std::stop_token stop) {
+    Result<BlockPtr> result = make_error(Errc::Internal, "prefetch: failed (F06)");
+    try {
+        const ObjectSpec& o = object(key.object);
+        result = verify_or_refetch(key, reader_.read_range(o.location, block_offset(o, key), block_length(o, key)),
+                                   Origin::Prefetch, stop);
+        if (result) cache_.insert(key, *result);
+    } catch (const std::exception& e) {
+        // A failed insert leaves `result` good: joiners still get the bytes.
+        if (!result) result = make_error(Errc::Internal, std::string("prefetch: ") + e.what() + " (F06)");
+    } catch (...) {
+        // `result` stays an error (or good, if only the insert failed).
+    }
+    {
+        std::lock_guard lock(prefetch_mutex_);
+        if (auto os = streams_.find(key.object); os != streams_.end()) --os->second.inflight;
+        if (!result) prefetch_failures_.fetch_add(1, std::memory_order_relaxed);
+        if (auto it = unread_.find(key); it != unread_.end()) {
+            if (!result || it->second.wanted) {
+                if (result) prefetch_hits_.fetch_add(1, std::memory_order_relaxed);
+                unread_bytes_ -= it->second.bytes;
+                unread_.erase(it);
+            } else {
+                it->second.done = true;
+                it->second.block = *result;
+            }
+        }
+    }
+    publish(key, result);
+    std::lock_guard lock(prefetch_mutex_);
+    if (--pending_ == 0) idle_cv_.notify_all();
+}
+
+void Fetcher::wait_prefetch_idle() {
+    std::unique_lock lock(prefetch_mutex_);
+    idle_cv_.wait(lock, [&] { return pending_ == 0; });
 }
 
 Result<std::size_t> Fetcher::read(std::uint32_t object, std::uint64_t offset, char* buffer, std::size_t size) {
@@ -166,10 +414,12 @@ Result<std::size_t> Fetcher::read(std::uint32_t object, std::uint64_t offset, ch
         std::vector<Slot>& slots;
         ~LeadGuard() {
             for (Slot& s : slots)
-                if (s.lead != nullptr) fetcher.publish(s, make_error(Errc::Internal, "fetch: read aborted (F05)"));
+                if (s.lead != nullptr) fetcher.publish(s.key, make_error(Errc::Internal, "fetch: read aborted (F05)"));
         }
     } guard{*this, slots};
     for (std::uint64_t i = first; i <= last; ++i) slots.push_back(acquire(BlockKey{object, i}));
+    // Our own requests are on their way; queue what comes after them.
+    if (options_.prefetch_blocks > 0) prefetch_after(object, o, first, last);
     std::vector<BlockPtr> blocks(slots.size());
     std::optional<Error> failure;
     for (std::size_t i = 0; i < slots.size(); ++i) {
@@ -198,7 +448,9 @@ Result<std::size_t> Fetcher::read(std::uint32_t object, std::uint64_t offset, ch
 }
 
 Fetcher::Stats Fetcher::stats() const {
-    return Stats{fetches_.load(), joined_.load(), integrity_failures_.load(), bytes_fetched_.load()};
+    return Stats{fetches_.load(),    joined_.load(),        integrity_failures_.load(),
+                 bytes_fetched_.load(), prefetched_.load(), prefetch_hits_.load(),
+                 prefetch_failures_.load()};
 }
 
 }  // namespace shelbyfs

@@ -1,13 +1,18 @@
-// Fetcher: cache miss -> ranged read -> verify against the manifest hash -> insert.
+// Fetcher: cache miss -> ranged read -> verify against the manifest hash -> insert; sequential prefetch.
 #pragma once
 
+#include <array>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <future>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
+#include <stop_token>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -30,6 +35,17 @@ struct ObjectSpec {
 struct FetcherOptions {
     /// Fetches of one block whose bytes fail verification, before giving up.
     int integrity_attempts = 3;
+    /// Largest prefetch window, in blocks, of one sequential stream; 0 turns
+    /// prefetch off. The window starts at 2 and doubles per block the stream
+    /// advances, up to this.
+    std::uint32_t prefetch_blocks = 16;
+    /// Most prefetched bytes not yet read (in flight, queued or cached and
+    /// untouched) over all objects; 0 = a quarter of the cache's budget.
+    std::uint64_t prefetch_budget_bytes = 0;
+    /// Most prefetch worker threads, started as work arrives. Each owns one
+    /// request at a time, so this bounds prefetch requests on the wire; 16
+    /// matches HttpClient's default connection limit.
+    unsigned prefetch_threads = 16;
 };
 
 /// Thread-safe. Serves reads of objects from the BlockCache, fetching missing
@@ -37,9 +53,32 @@ struct FetcherOptions {
 /// request (single-flight). A block is verified before it is cached or
 /// returned; a block that keeps failing verification gives Errc::Integrity,
 /// and the log names the object and byte range. Never holds a lock across I/O.
+///
+/// Prefetch: each object keeps a few recent read streams. A read that lands in
+/// or next to the last block of a stream continues it; once a stream has been
+/// continued twice it is sequential and gets a window of blocks ahead of it
+/// (2, doubling per block advanced, up to prefetch_blocks). Blocks in the
+/// window that are neither cached nor in flight are registered in the same
+/// single-flight table as demand fetches, so a reader that arrives while one
+/// is in flight joins it, and are fetched, verified and cached by worker
+/// threads (std::jthread) that the Fetcher owns. A read never waits for a
+/// prefetch it does not need. Per object, at most `window` prefetches are in
+/// flight; over all objects, prefetched-but-unread bytes stay within
+/// prefetch_budget_bytes (a quarter of the cache by default, so prefetch
+/// only ever displaces blocks that were read, never unread prefetched ones).
+/// A read that does not continue a stream starts a new one with no window:
+/// random access costs one lock and no requests. A prefetch that fails is
+/// reported to no one: its waiters fetch the block again on demand and get
+/// that fetch's result; nothing is cached.
+///
+/// Destruction stops the workers, abandons their outstanding requests and
+/// fails prefetches still queued; no read may be running.
 class Fetcher {
 public:
     Fetcher(BlobReader& reader, BlockCache& cache, std::vector<ObjectSpec> objects, FetcherOptions options = {});
+    ~Fetcher();
+    Fetcher(const Fetcher&) = delete;
+    Fetcher& operator=(const Fetcher&) = delete;
 
     /// Copy up to `size` bytes at `offset` of object `object` into `buffer`.
     /// Returns the byte count: short only at the object's end (0 past it).
@@ -51,28 +90,78 @@ public:
     const ObjectSpec& object(std::uint32_t index) const;
     std::size_t object_count() const;
 
+    /// Block until no prefetch is queued or in flight (tests, benchmarks).
+    void wait_prefetch_idle();
+
     struct Stats {
-        std::uint64_t fetches = 0;        ///< block fetches started (misses that led)
-        std::uint64_t joined = 0;         ///< misses that joined an in-flight fetch
+        std::uint64_t fetches = 0;        ///< demand block fetches started (misses that led)
+        std::uint64_t joined = 0;         ///< misses that joined an in-flight fetch or prefetch
         std::uint64_t integrity_failures = 0;
-        std::uint64_t bytes_fetched = 0;
+        std::uint64_t bytes_fetched = 0;  ///< demand and prefetch
+        std::uint64_t prefetched = 0;     ///< blocks whose prefetch was started
+        std::uint64_t prefetch_hits = 0;  ///< prefetched blocks a read then used
+        std::uint64_t prefetch_failures = 0;  ///< prefetches that ended in an error
     };
     Stats stats() const;
 
 private:
     using SharedBlock = std::shared_future<Result<BlockPtr>>;
+    struct Inflight {
+        std::unique_ptr<std::promise<Result<BlockPtr>>> promise;
+        SharedBlock result;
+        bool prefetch = false;  // a failure is then retried by its joiners
+    };
     struct Slot {
         BlockKey key;
         BlockPtr ready;                        // cache hit
         SharedBlock pending;                   // joined or led fetch
         std::promise<Result<BlockPtr>>* lead = nullptr;  // set when this caller leads
+        bool joined_prefetch = false;
         std::future<Result<std::string>> first_attempt;
     };
+    /// One run of reads through an object. `last` is the highest block read,
+    /// `next` the first block not yet considered for prefetch.
+    struct Stream {
+        std::uint64_t last = 0;
+        std::uint64_t next = 0;
+        std::uint64_t used = 0;     // ObjectStreams::clock at the last read, for replacement
+        std::uint32_t run = 0;      // reads that continued the stream
+        std::uint32_t window = 0;   // 0 = not (yet) sequential
+    };
+    // Eight streams: enough for the interleaved readers of one shard (several
+    // DataLoader workers, the kernel's parallel readahead) to each keep theirs.
+    static constexpr std::size_t kStreams = 8;
+    struct ObjectStreams {
+        std::array<Stream, kStreams> streams;
+        std::size_t count = 0;
+        std::uint64_t clock = 0;
+        std::uint32_t inflight = 0;  // prefetches of this object not yet finished
+    };
+    /// A prefetched block not yet read; `block` is set once it is cached, and
+    /// expires when the cache evicts it unread.
+    struct Unread {
+        std::uint64_t bytes = 0;
+        std::weak_ptr<const std::string> block;
+        bool done = false;
+        bool wanted = false;  // a read joined it while in flight
+    };
+    enum class Origin { Demand, Prefetch };
+
     /// Resolve a fetch this caller leads and remove it from inflight_.
-    void publish(Slot& slot, const Result<BlockPtr>& result) noexcept;
+    void publish(const BlockKey& key, const Result<BlockPtr>& result) noexcept;
     Slot acquire(const BlockKey& key);
     Result<BlockPtr> complete(Slot& slot);
-    Result<BlockPtr> verify_or_refetch(const BlockKey& key, std::future<Result<std::string>> first);
+    Result<BlockPtr> verify_or_refetch(const BlockKey& key, std::future<Result<std::string>> first, Origin origin,
+                                       std::stop_token stop);
+    /// Note a read of blocks [first, last] and start the prefetches it calls for.
+    void prefetch_after(std::uint32_t object, const ObjectSpec& o, std::uint64_t first, std::uint64_t last) noexcept;
+    /// Register and queue a prefetch of `key` unless it is cached or in flight.
+    /// False when a limit stops prefetch for now.
+    bool start_prefetch_locked(const BlockKey& key, std::uint64_t bytes, ObjectStreams& os);
+    void consume_locked(const BlockKey& key);
+    void prune_unread_locked();
+    void prefetch_worker(std::stop_token stop);
+    void run_prefetch(const BlockKey& key, std::stop_token stop);
     /// The spec of `index`, or null if there is none.
     const ObjectSpec* find(std::uint32_t index) const;
     static std::uint64_t block_offset(const ObjectSpec& o, const BlockKey& key);
@@ -83,16 +172,32 @@ private:
     mutable std::shared_mutex objects_mutex_;  // guards the vector, not the (immutable) specs
     std::vector<std::unique_ptr<const ObjectSpec>> objects_;
     const FetcherOptions options_;
+    const std::uint64_t prefetch_budget_;
 
-    std::mutex inflight_mutex_;  // never held across I/O; taken after no other lock
-    std::unordered_map<BlockKey, std::pair<std::unique_ptr<std::promise<Result<BlockPtr>>>, SharedBlock>,
-                       BlockKeyHash>
-        inflight_;
+    // Lock order: prefetch_mutex_, then inflight_mutex_, then the cache's.
+    // Neither is held across I/O.
+    std::mutex inflight_mutex_;
+    std::unordered_map<BlockKey, Inflight, BlockKeyHash> inflight_;
+
+    std::mutex prefetch_mutex_;  // guards the members from here to idle_workers_, and workers_
+    std::condition_variable_any queue_cv_;  // work queued, or stop
+    std::condition_variable idle_cv_;       // pending_ reached 0
+    std::unordered_map<std::uint32_t, ObjectStreams> streams_;
+    std::unordered_map<BlockKey, Unread, BlockKeyHash> unread_;
+    std::uint64_t unread_bytes_ = 0;
+    std::deque<BlockKey> queue_;
+    std::size_t pending_ = 0;  // prefetches registered and not yet finished
+    unsigned idle_workers_ = 0;
 
     std::atomic<std::uint64_t> fetches_{0};
     std::atomic<std::uint64_t> joined_{0};
     std::atomic<std::uint64_t> integrity_failures_{0};
     std::atomic<std::uint64_t> bytes_fetched_{0};
+    std::atomic<std::uint64_t> prefetched_{0};
+    std::atomic<std::uint64_t> prefetch_hits_{0};
+    std::atomic<std::uint64_t> prefetch_failures_{0};
+
+    std::vector<std::jthread> workers_;  // guarded by prefetch_mutex_; joined in ~Fetcher
 };
 
 }  // namespace shelbyfs

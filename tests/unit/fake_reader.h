@@ -2,8 +2,14 @@
 // and a builder for consistent manifests over in-memory shards.
 #pragma once
 
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,12 +19,16 @@
 namespace shelbyfs::test {
 
 /// Thread-safe in-memory objects. `corrupt_next` flips a byte in that many
-/// upcoming answers; `fail_with` makes every read fail; `hold` keeps answers
-/// pending until release() so tests can line up concurrent readers.
+/// upcoming answers, `corrupt_at` in that many answers at an offset;
+/// `fail_with` makes every read fail; `hold` (or `hold_if`, for chosen
+/// offsets) keeps answers pending until release() or fail_held() so tests can
+/// line up concurrent readers and prefetches. Set the public fields only while
+/// no read or prefetch is running.
 class FakeReader final : public BlobReader {
 public:
     std::map<std::string, std::string> objects;
     int corrupt_next = 0;
+    std::map<std::uint64_t, int> corrupt_at;  ///< offset -> answers to corrupt
     std::optional<Error> fail_with;
     int throw_next = 0;  ///< read_range throws std::bad_alloc this many times
 
@@ -26,6 +36,7 @@ public:
                                                 std::uint64_t length) override {
         std::lock_guard lock(mutex_);
         ++requests_;
+        ++requests_at_[offset];
         if (throw_next > 0) {
             --throw_next;
             throw std::bad_alloc();
@@ -33,22 +44,61 @@ public:
         std::promise<Result<std::string>> p;
         auto f = p.get_future();
         Result<std::string> r = answer_locked(location, offset, length);
-        if (hold_) held_.push_back({std::move(p), std::move(r)});
-        else p.set_value(std::move(r));
+        if (hold_ || (hold_if_ && hold_if_(offset))) {
+            held_.push_back({std::move(p), std::move(r)});
+            held_cv_.notify_all();
+        } else {
+            p.set_value(std::move(r));
+        }
         return f;
     }
     int requests() const {
         std::lock_guard lock(mutex_);
         return requests_;
     }
+    /// Requests made for the range starting at `offset`.
+    int requests_at(std::uint64_t offset) const {
+        std::lock_guard lock(mutex_);
+        auto it = requests_at_.find(offset);
+        return it == requests_at_.end() ? 0 : it->second;
+    }
+    /// The highest offset requested, or -1.
+    std::int64_t highest_offset() const {
+        std::lock_guard lock(mutex_);
+        return requests_at_.empty() ? -1 : static_cast<std::int64_t>(requests_at_.rbegin()->first);
+    }
     void hold() {
         std::lock_guard lock(mutex_);
         hold_ = true;
     }
+    /// Hold only the requests whose offset satisfies `pred`.
+    void hold_if(std::function<bool(std::uint64_t offset)> pred) {
+        std::lock_guard lock(mutex_);
+        hold_if_ = std::move(pred);
+    }
+    std::size_t held() const {
+        std::lock_guard lock(mutex_);
+        return held_.size();
+    }
+    /// Wait (at most 10 s) until at least `n` requests are held.
+    bool wait_held(std::size_t n) {
+        std::unique_lock lock(mutex_);
+        return held_cv_.wait_for(lock, std::chrono::seconds(10), [&] { return held_.size() >= n; });
+    }
+    /// Stop holding and answer the held requests.
     void release() {
         std::lock_guard lock(mutex_);
         hold_ = false;
+        hold_if_ = nullptr;
         for (auto& [p, r] : held_) p.set_value(std::move(r));
+        held_.clear();
+    }
+    /// Stop holding and fail the held requests with `error`.
+    void fail_held(const Error& error) {
+        std::lock_guard lock(mutex_);
+        hold_ = false;
+        hold_if_ = nullptr;
+        for (auto& held : held_) held.first.set_value(error);
         held_.clear();
     }
 
@@ -59,15 +109,22 @@ private:
         if (it == objects.end()) return make_error(Errc::NotFound, location + ": 404");
         if (offset + length > it->second.size()) return make_error(Errc::HttpStatus, location + ": 416");
         std::string data = it->second.substr(offset, length);
-        if (corrupt_next > 0 && !data.empty()) {
+        auto corrupt = corrupt_at.find(offset);
+        if (corrupt != corrupt_at.end() && corrupt->second > 0 && !data.empty()) {
+            --corrupt->second;
+            data[0] = static_cast<char>(data[0] ^ 0x5a);
+        } else if (corrupt_next > 0 && !data.empty()) {
             --corrupt_next;
             data[0] = static_cast<char>(data[0] ^ 0x5a);
         }
         return data;
     }
     mutable std::mutex mutex_;
+    std::condition_variable held_cv_;
     int requests_ = 0;
+    std::map<std::uint64_t, int> requests_at_;
     bool hold_ = false;
+    std::function<bool(std::uint64_t)> hold_if_;
     std::vector<std::pair<std::promise<Result<std::string>>, Result<std::string>>> held_;
 };
 

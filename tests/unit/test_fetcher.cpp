@@ -1,7 +1,11 @@
-// Fetcher: verification, refetch, single-flight, error propagation.
+// Fetcher: verification, refetch, single-flight, error propagation, sequential prefetch.
 #include <doctest/doctest.h>
 
+#include <dirent.h>
+
 #include <atomic>
+#include <chrono>
+#include <optional>
 #include <thread>
 
 #include "fake_reader.h"
@@ -29,6 +33,70 @@ std::string read_all(Fetcher& f, std::uint64_t offset, std::size_t size) {
     REQUIRE(n);
     out.resize(*n);
     return out;
+}
+
+FetcherOptions no_prefetch() {
+    FetcherOptions o;
+    o.prefetch_blocks = 0;
+    return o;
+}
+
+// An object of kBlocks blocks of kBlock bytes, for prefetch tests.
+constexpr std::uint64_t kBlock = 4096;
+constexpr std::uint64_t kBlocks = 64;
+
+struct Striped {
+    test::FakeReader reader;
+    std::string bytes = test::pattern(kBlock * kBlocks, 11);
+    std::vector<ObjectSpec> objects() {
+        reader.objects["obj"] = bytes;
+        ObjectSpec o{"shard-000000.tar", "obj", bytes.size(), kBlock, {}};
+        for (std::size_t off = 0; off < bytes.size(); off += kBlock)
+            o.blocks.push_back(ContentHash::of(std::string_view(bytes).substr(off, kBlock)));
+        return {o};
+    }
+    std::string block(std::uint64_t i) const { return bytes.substr(i * kBlock, kBlock); }
+    // Put verified blocks in the cache, as an earlier read would have.
+    void warm(BlockCache& cache, std::uint64_t from, std::uint64_t to) const {
+        for (std::uint64_t i = from; i < to; ++i) cache.insert({0, i}, std::make_shared<const std::string>(block(i)));
+    }
+};
+
+// Read block `i` whole and check its bytes.
+void read_block(Fetcher& f, const Striped& fx, std::uint64_t i) {
+    CHECK(read_all(f, i * kBlock, kBlock) == fx.block(i));
+}
+
+std::int64_t highest_block(const test::FakeReader& r) {
+    std::int64_t off = r.highest_offset();
+    return off < 0 ? -1 : off / static_cast<std::int64_t>(kBlock);
+}
+
+std::size_t thread_count() {
+    std::size_t n = 0;
+    if (DIR* d = ::opendir("/proc/self/task")) {
+        while (dirent* e = ::readdir(d))
+            if (e->d_name[0] != '.') ++n;
+        ::closedir(d);
+    }
+    return n;
+}
+
+// The thread count once it settles at `expected` (a joined thread can stay
+// listed in /proc for a moment after pthread_join returns), or after 2 s.
+std::size_t settled_thread_count(std::size_t expected) {
+    std::size_t n = thread_count();
+    for (int spin = 0; spin < 2000 && n != expected; ++spin) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        n = thread_count();
+    }
+    return n;
+}
+
+FetcherOptions prefetch(std::uint32_t blocks) {
+    FetcherOptions o;
+    o.prefetch_blocks = blocks;
+    return o;
 }
 
 }  // namespace
@@ -89,7 +157,8 @@ TEST_SUITE("fetcher") {
     TEST_CASE("concurrent misses on one block share one request") {
         Fixture fx;
         BlockCache cache(1 << 20);
-        Fetcher f(fx.reader, cache, fx.objects());
+        // Eight reads in one block are a sequential stream: keep prefetch out of the count.
+        Fetcher f(fx.reader, cache, fx.objects(), no_prefetch());
         fx.reader.hold();
         constexpr int kThreads = 8;
         std::atomic<int> ok{0};
@@ -142,5 +211,231 @@ TEST_SUITE("fetcher") {
         for (int round = 0; round < 3; ++round)
             for (std::uint64_t off = 0; off < 10'000; off += 1000) CHECK(read_all(f, off, 1500) == fx.bytes.substr(off, 1500));
         CHECK(cache.stats().bytes <= 4096);
+    }
+
+    TEST_CASE("a sequential read prefetches ahead: later blocks come without demand requests") {
+        Striped fx;
+        BlockCache cache(1 << 20);
+        Fetcher f(fx.reader, cache, fx.objects(), prefetch(8));
+        for (std::uint64_t i = 0; i < kBlocks; ++i) read_block(f, fx, i);
+        f.wait_prefetch_idle();
+        auto s = f.stats();
+        // Blocks 0-2 prove the stream; from block 3 on every block was
+        // registered as a prefetch before its read asked for it.
+        CHECK(s.fetches == 3);
+        CHECK(s.prefetched == kBlocks - 3);
+        CHECK(s.prefetch_hits == kBlocks - 3);
+        CHECK(s.prefetch_failures == 0);
+        CHECK(fx.reader.requests() == static_cast<int>(kBlocks));  // each block exactly once
+        for (std::uint64_t i = 0; i < kBlocks; ++i) CHECK(fx.reader.requests_at(i * kBlock) == 1);
+    }
+
+    TEST_CASE("small reads within a block are one stream too (the kernel's 128 KiB reads of a 1 MiB block)") {
+        Striped fx;
+        BlockCache cache(1 << 20);
+        Fetcher f(fx.reader, cache, fx.objects(), prefetch(8));
+        for (std::uint64_t off = 0; off < 3 * 1024; off += 1024) CHECK(read_all(f, off, 1024) == fx.bytes.substr(off, 1024));
+        f.wait_prefetch_idle();
+        CHECK(highest_block(fx.reader) == 2);  // window 2 after the third read
+        CHECK(f.stats().prefetched == 2);
+    }
+
+    TEST_CASE("the window starts at 2, doubles per block advanced and stops at prefetch_blocks") {
+        Striped fx;
+        BlockCache cache(1 << 20);
+        Fetcher f(fx.reader, cache, fx.objects(), prefetch(8));
+        // After reading block i: the highest block requested (block + window).
+        const std::int64_t expected[] = {0, 1, 2 + 2, 3 + 4, 4 + 8, 5 + 8, 6 + 8, 7 + 8, 8 + 8};
+        for (std::uint64_t i = 0; i < std::size(expected); ++i) {
+            CAPTURE(i);
+            read_block(f, fx, i);
+            f.wait_prefetch_idle();
+            CHECK(highest_block(fx.reader) == expected[i]);
+        }
+        SUBCASE("a larger cap lets it grow further") {
+            Striped fy;
+            BlockCache cache2(1 << 20);
+            Fetcher g(fy.reader, cache2, fy.objects(), prefetch(32));
+            for (std::uint64_t i = 0; i <= 6; ++i) {
+                read_block(g, fy, i);
+                g.wait_prefetch_idle();
+            }
+            CHECK(highest_block(fy.reader) == 6 + 32);
+        }
+    }
+
+    TEST_CASE("per object, no more than the window is in flight, whatever the number of streams") {
+        Striped fx;
+        BlockCache cache(1 << 20);
+        Fetcher f(fx.reader, cache, fx.objects(), prefetch(8));
+        // Reads hit warm blocks and every prefetch is held, so the only
+        // thing that limits prefetch below is the per-object cap.
+        fx.warm(cache, 0, 6);
+        fx.warm(cache, 32, 38);
+        fx.reader.hold();
+        for (std::uint64_t i = 0; i < 6; ++i) read_block(f, fx, i);    // stream A: 6,7 then 8..13
+        for (std::uint64_t i = 32; i < 38; ++i) read_block(f, fx, i);  // stream B: finds no room
+        CHECK(f.stats().prefetched == 8);
+        CHECK(fx.reader.wait_held(8));
+        CHECK(fx.reader.held() == 8);
+        CHECK(fx.reader.requests_at(38 * kBlock) == 0);
+        fx.reader.release();
+        f.wait_prefetch_idle();
+        // With room again, stream B's next read fills its window.
+        read_block(f, fx, 38);
+        f.wait_prefetch_idle();
+        CHECK(highest_block(fx.reader) == 38 + 8);
+    }
+
+    TEST_CASE("prefetched-but-unread bytes stay within the budget, and prefetch evicts no unread block") {
+        Striped fx;
+        BlockCache cache(16 * kBlock);  // budget/4: four blocks may be prefetched and unread
+        Fetcher f(fx.reader, cache, fx.objects(), prefetch(16));
+        fx.warm(cache, 0, 6);
+        fx.reader.hold();
+        for (std::uint64_t i = 0; i < 6; ++i) read_block(f, fx, i);
+        CHECK(f.stats().prefetched == 4);
+        CHECK(fx.reader.wait_held(4));
+        fx.reader.release();
+        f.wait_prefetch_idle();
+        // The rest of the object streams through the small cache; every
+        // prefetched block is still cached when its read comes.
+        for (std::uint64_t i = 6; i < kBlocks; ++i) read_block(f, fx, i);
+        f.wait_prefetch_idle();
+        auto s = f.stats();
+        CHECK(s.prefetched > 30);
+        CHECK(s.prefetch_hits == s.prefetched);
+        CHECK(cache.stats().bytes <= 16 * kBlock);
+        SUBCASE("an explicit budget below one block turns prefetch off") {
+            Striped fy;
+            BlockCache cache2(1 << 20);
+            FetcherOptions o = prefetch(16);
+            o.prefetch_budget_bytes = kBlock - 1;
+            Fetcher g(fy.reader, cache2, fy.objects(), o);
+            for (std::uint64_t i = 0; i < 10; ++i) read_block(g, fy, i);
+            CHECK(g.stats().prefetched == 0);
+        }
+    }
+
+    TEST_CASE("random reads start no prefetch; after them a sequential run starts again at 2") {
+        Striped fx;
+        BlockCache cache(1 << 20);
+        Fetcher f(fx.reader, cache, fx.objects(), prefetch(16));
+        // Strides of 7 blocks, wrapping: no read lands next to a recent one.
+        int reads = 0;
+        for (std::uint64_t k = 0; k < 40; ++k, ++reads) read_block(f, fx, (k * 7) % kBlocks);
+        f.wait_prefetch_idle();
+        CHECK(f.stats().prefetched == 0);
+        CHECK(fx.reader.requests() == reads);  // one request per (distinct) block read
+        SUBCASE("a ramped stream is forgotten once random reads push it out") {
+            Striped fy;
+            BlockCache cache2(1 << 20);
+            Fetcher g(fy.reader, cache2, fy.objects(), prefetch(16));
+            for (std::uint64_t i = 0; i < 6; ++i) read_block(g, fy, i);  // window 16
+            g.wait_prefetch_idle();
+            for (std::uint64_t i : {30, 50, 26, 44, 57, 34, 47, 53, 61}) read_block(g, fy, i);
+            g.wait_prefetch_idle();
+            auto before = g.stats().prefetched;
+            for (std::uint64_t i : {40, 41}) read_block(g, fy, i);
+            g.wait_prefetch_idle();
+            CHECK(g.stats().prefetched == before);  // two reads are not yet a stream
+            read_block(g, fy, 42);
+            g.wait_prefetch_idle();
+            CHECK(g.stats().prefetched == before + 1);  // window 2: 43 and 44, of which 44 was cached
+            CHECK(fy.reader.requests_at(43 * kBlock) == 1);
+            CHECK(fy.reader.requests_at(45 * kBlock) == 0);
+        }
+    }
+
+    TEST_CASE("a prefetched block that fails verification is not cached; a read fetches it again") {
+        Striped fx;
+        BlockCache cache(1 << 20);
+        Fetcher f(fx.reader, cache, fx.objects(), prefetch(2));
+        SUBCASE("the store heals: the read gets verified bytes") {
+            fx.reader.corrupt_at[3 * kBlock] = 3;  // every attempt of the prefetch
+            for (std::uint64_t i = 0; i < 3; ++i) read_block(f, fx, i);
+            f.wait_prefetch_idle();
+            CHECK(f.stats().prefetch_failures == 1);
+            CHECK(f.stats().integrity_failures == 3);
+            CHECK(cache.get({0, 3}) == nullptr);
+            CHECK(cache.get({0, 4}) != nullptr);
+            read_block(f, fx, 3);
+            CHECK(fx.reader.requests_at(3 * kBlock) == 4);
+        }
+        SUBCASE("the corruption persists: the read gets an Integrity error (EIO)") {
+            fx.reader.corrupt_at[3 * kBlock] = 100;
+            for (std::uint64_t i = 0; i < 3; ++i) read_block(f, fx, i);
+            f.wait_prefetch_idle();
+            std::string buf(kBlock, '\0');
+            auto r = f.read(0, 3 * kBlock, buf.data(), buf.size());
+            REQUIRE_FALSE(r);
+            CHECK(to_errno(r.error().code) == EIO);
+            CHECK(cache.get({0, 3}) == nullptr);
+        }
+    }
+
+    TEST_CASE("a read returns as soon as its own blocks are ready, and one joining a prefetch gets its bytes") {
+        Striped fx;
+        BlockCache cache(1 << 20);
+        Fetcher f(fx.reader, cache, fx.objects(), prefetch(2));
+        fx.reader.hold_if([](std::uint64_t offset) { return offset >= 3 * kBlock; });
+        for (std::uint64_t i = 0; i < 3; ++i) read_block(f, fx, i);  // returns with 3 and 4 held
+        REQUIRE(fx.reader.wait_held(2));
+        std::optional<std::string> got;
+        std::thread reader([&] {
+            std::string buf(kBlock, '\0');
+            auto r = f.read(0, 3 * kBlock, buf.data(), buf.size());
+            if (r && *r == kBlock) got = buf;
+        });
+        for (int spin = 0; spin < 5000 && f.stats().joined < 1; ++spin)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        CHECK(f.stats().joined == 1);
+        SUBCASE("the prefetch succeeds") {
+            fx.reader.release();
+            reader.join();
+            CHECK(fx.reader.requests_at(3 * kBlock) == 1);
+            f.wait_prefetch_idle();
+            CHECK(f.stats().prefetch_hits >= 1);
+        }
+        SUBCASE("the prefetch fails: the joiner fetches on demand, and sees no error") {
+            fx.reader.fail_held(make_error(Errc::Network, "connection reset (test)"));
+            reader.join();
+            CHECK(fx.reader.requests_at(3 * kBlock) == 2);
+            f.wait_prefetch_idle();
+            CHECK(f.stats().prefetch_failures >= 1);
+        }
+        REQUIRE(got);
+        CHECK(*got == fx.block(3));
+    }
+
+    TEST_CASE("destruction with prefetches in flight and queued neither hangs nor leaks threads") {
+        std::size_t threads_before = thread_count();
+        Striped fx;
+        {
+            BlockCache cache(1 << 20);
+            FetcherOptions o = prefetch(16);
+            o.prefetch_threads = 2;  // most of the window waits in the queue
+            Fetcher f(fx.reader, cache, fx.objects(), o);
+            fx.warm(cache, 0, 6);
+            fx.reader.hold();
+            for (std::uint64_t i = 0; i < 6; ++i) read_block(f, fx, i);
+            CHECK(f.stats().prefetched > 2);
+            REQUIRE(fx.reader.wait_held(2));
+        }  // ~Fetcher abandons the 2 held requests and fails the queued ones
+        CHECK(settled_thread_count(threads_before) == threads_before);
+        fx.reader.release();  // answers nobody waits for any more
+    }
+
+    TEST_CASE("prefetch_blocks = 0 turns prefetch off") {
+        std::size_t threads_before = thread_count();
+        Striped fx;
+        BlockCache cache(1 << 20);
+        Fetcher f(fx.reader, cache, fx.objects(), no_prefetch());
+        for (std::uint64_t i = 0; i < kBlocks; ++i) read_block(f, fx, i);
+        f.wait_prefetch_idle();
+        CHECK(f.stats().prefetched == 0);
+        CHECK(f.stats().fetches == kBlocks);
+        CHECK(fx.reader.requests() == static_cast<int>(kBlocks));
+        CHECK(thread_count() == threads_before);  // no worker was started
     }
 }
