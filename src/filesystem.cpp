@@ -6,7 +6,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <map>
+#include <limits>
+#include <unordered_map>
 
 namespace shelbyfs {
 
@@ -18,78 +19,131 @@ const Filesystem::Node& Filesystem::node(InodeNo ino) const {
     return nodes_[ino - 1];
 }
 
-InodeNo Filesystem::add_node(Node n) {
-    nodes_.push_back(std::move(n));
-    InodeNo ino = nodes_.size();
-    InodeNo parent = nodes_.back().parent;
-    if (parent != 0) {
-        nodes_[parent - 1].children.push_back(ino);
-        if (nodes_.back().is_dir) ++nodes_[parent - 1].subdirs;
+namespace {
+
+// A node while the tree is being built: names point into the manifest, and
+// parent is the index of another draft.
+struct Draft {
+    enum class Kind : std::uint8_t { Dir, Shard, Sample };
+    std::string_view name;
+    std::uint32_t parent = 0;
+    std::uint32_t index = 0;  // into manifest.shards or manifest.samples
+    Kind kind = Kind::Dir;
+};
+
+struct DirKeyHash {
+    std::size_t operator()(const std::pair<std::uint32_t, std::string_view>& k) const {
+        return std::hash<std::string_view>{}(k.second) ^ (std::size_t{k.first} * 0x9e3779b97f4a7c15ull);
     }
-    return ino;
-}
+};
+
+}  // namespace
 
 Result<std::unique_ptr<Filesystem>> Filesystem::create(const Manifest& manifest, Fetcher& fetcher,
                                                        FsOptions options) {
     std::unique_ptr<Filesystem> fs(new Filesystem(fetcher, options));
-    fs->nodes_.reserve(manifest.samples.size() + manifest.shards.size() + 16);
-    Node root;
-    root.is_dir = true;
-    fs->add_node(std::move(root));
-    auto make_dir = [&](InodeNo parent, std::string name) {
-        Node n;
-        n.name = std::move(name);
-        n.parent = parent;
-        n.is_dir = true;
-        return fs->add_node(std::move(n));
-    };
-    InodeNo samples = make_dir(kRootIno, "samples");
-    InodeNo shards = make_dir(kRootIno, "shards");
-    fs->checkpoints_ino_ = make_dir(kRootIno, "checkpoints");
+    // Node indices are 32-bit: leave room for the fixed directories.
+    if (manifest.samples.size() + manifest.shards.size() >= std::numeric_limits<std::uint32_t>::max() / 2)
+        return make_error(Errc::InvalidArgument, "manifest: too many samples for one mount");
 
+    std::vector<Draft> drafts;
+    drafts.reserve(manifest.samples.size() + manifest.shards.size() + 16);
+    drafts.push_back({});  // the root
+    auto add = [&](std::string_view name, std::uint32_t parent, Draft::Kind kind, std::size_t index) {
+        drafts.push_back({name, parent, static_cast<std::uint32_t>(index), kind});
+        return static_cast<std::uint32_t>(drafts.size() - 1);
+    };
+    std::uint32_t samples = add("samples", 0, Draft::Kind::Dir, 0);
+    std::uint32_t shards = add("shards", 0, Draft::Kind::Dir, 0);
+    std::uint32_t checkpoints = add("checkpoints", 0, Draft::Kind::Dir, 0);
     for (std::size_t i = 0; i < manifest.shards.size(); ++i) {
-        Node n;
-        n.name = manifest.shards[i].name;
-        n.parent = shards;
-        n.object = static_cast<std::uint32_t>(i);
-        n.size = manifest.shards[i].size;
-        fs->add_node(std::move(n));
+        add(manifest.shards[i].name, shards, Draft::Kind::Shard, i);
         fs->total_bytes_ += manifest.shards[i].size;
     }
 
-    // Directories by (parent, name) while building; children get sorted after.
-    std::map<std::pair<InodeNo, std::string_view>, InodeNo> dirs;
-    for (const SampleInfo& s : manifest.samples) {
-        InodeNo parent = samples;
+    // Directories by (parent, name) while building.
+    std::unordered_map<std::pair<std::uint32_t, std::string_view>, std::uint32_t, DirKeyHash> dirs;
+    for (std::size_t i = 0; i < manifest.samples.size(); ++i) {
+        const SampleInfo& s = manifest.samples[i];
+        std::uint32_t parent = samples;
         std::string_view path = s.path;
         std::size_t start = 0;
         for (std::size_t slash = path.find('/'); slash != std::string_view::npos; slash = path.find('/', start)) {
             std::string_view part = path.substr(start, slash - start);
             auto [it, inserted] = dirs.try_emplace({parent, part}, 0);
-            if (inserted) it->second = make_dir(parent, std::string(part));
+            if (inserted) it->second = add(part, parent, Draft::Kind::Dir, 0);
             parent = it->second;
             start = slash + 1;
         }
         if (dirs.count({parent, path.substr(start)}) != 0)
             return make_error(Errc::InvalidArgument, "manifest: sample \"" + s.path + "\" is also a directory");
-        Node n;
-        n.name = std::string(path.substr(start));
-        n.parent = parent;
-        n.object = s.shard;
-        n.offset = s.offset;
-        n.size = s.size;
-        fs->add_node(std::move(n));
+        add(path.substr(start), parent, Draft::Kind::Sample, i);
     }
-    for (Node& n : fs->nodes_) {
-        if (!n.is_dir) continue;
-        std::sort(n.children.begin(), n.children.end(),
-                  [&](InodeNo a, InodeNo b) { return fs->nodes_[a - 1].name < fs->nodes_[b - 1].name; });
-        auto dup = std::adjacent_find(n.children.begin(), n.children.end(), [&](InodeNo a, InodeNo b) {
-            return fs->nodes_[a - 1].name == fs->nodes_[b - 1].name;
+    dirs = {};
+
+    // Children of each draft, grouped by parent (counting sort).
+    std::vector<std::uint32_t> first(drafts.size() + 1, 0);
+    for (std::size_t d = 1; d < drafts.size(); ++d) ++first[drafts[d].parent + 1];
+    for (std::size_t d = 1; d < first.size(); ++d) first[d] += first[d - 1];
+    std::vector<std::uint32_t> kids(drafts.size() - 1);
+    {
+        std::vector<std::uint32_t> fill(first.begin(), first.end() - 1);
+        for (std::size_t d = 1; d < drafts.size(); ++d) kids[fill[drafts[d].parent]++] = static_cast<std::uint32_t>(d);
+    }
+
+    // Lay the nodes out breadth-first: a directory's children are appended
+    // together, sorted by name, when the directory itself is reached.
+    std::size_t name_bytes = 0;
+    for (const Draft& d : drafts) name_bytes += d.name.size();
+    fs->names_.reserve(name_bytes);
+    fs->nodes_.reserve(drafts.size());
+    std::vector<std::uint32_t> order;  // order[final index] = draft
+    order.reserve(drafts.size());
+    order.push_back(0);
+    Node root;
+    root.is_dir = true;
+    fs->nodes_.push_back(root);
+    for (std::size_t pos = 0; pos < order.size(); ++pos) {
+        if (drafts[order[pos]].kind != Draft::Kind::Dir) continue;
+        auto begin = kids.begin() + first[order[pos]];
+        auto end = kids.begin() + first[order[pos] + 1];
+        std::sort(begin, end, [&](std::uint32_t a, std::uint32_t b) { return drafts[a].name < drafts[b].name; });
+        auto dup = std::adjacent_find(begin, end, [&](std::uint32_t a, std::uint32_t b) {
+            return drafts[a].name == drafts[b].name;
         });
-        if (dup != n.children.end())
+        if (dup != end)
             return make_error(Errc::InvalidArgument,
-                              "manifest: duplicate name \"" + fs->nodes_[*dup - 1].name + "\" in one directory");
+                              "manifest: duplicate name \"" + std::string(drafts[*dup].name) + "\" in one directory");
+        fs->nodes_[pos].object = static_cast<std::uint32_t>(order.size());
+        fs->nodes_[pos].children = static_cast<std::uint32_t>(end - begin);
+        for (auto it = begin; it != end; ++it) {
+            const Draft& d = drafts[*it];
+            Node n;
+            n.name_offset = fs->names_.size();
+            n.name_length = static_cast<std::uint32_t>(d.name.size());
+            fs->names_.append(d.name);
+            n.parent = static_cast<std::uint32_t>(pos + 1);
+            switch (d.kind) {
+                case Draft::Kind::Dir:
+                    n.is_dir = true;
+                    ++fs->nodes_[pos].subdirs;
+                    if (*it == checkpoints) fs->checkpoints_ino_ = order.size() + 1;
+                    break;
+                case Draft::Kind::Shard:
+                    n.object = d.index;
+                    n.size = manifest.shards[d.index].size;
+                    break;
+                case Draft::Kind::Sample: {
+                    const SampleInfo& s = manifest.samples[d.index];
+                    n.object = s.shard;
+                    n.offset = s.offset;
+                    n.size = s.size;
+                    break;
+                }
+            }
+            order.push_back(*it);
+            fs->nodes_.push_back(n);
+        }
     }
     return fs;
 }
@@ -122,10 +176,11 @@ Result<Attr> Filesystem::lookup(InodeNo parent, std::string_view name) {
     if (ckpt(parent)) return checkpoints_->lookup(parent, name);
     const Node& dir = node(parent);
     if (!dir.is_dir) return make_error(Errc::NotDirectory, "lookup in a file");
-    auto it = std::lower_bound(dir.children.begin(), dir.children.end(), name,
-                               [&](InodeNo child, std::string_view n) { return nodes_[child - 1].name < n; });
-    if (it == dir.children.end() || nodes_[*it - 1].name != name) return make_error(Errc::NotFound, "no such entry");
-    return getattr(*it);
+    auto begin = nodes_.begin() + dir.object;
+    auto it = std::lower_bound(begin, begin + dir.children, name,
+                               [&](const Node& child, std::string_view n) { return name_of(child) < n; });
+    if (it == begin + dir.children || name_of(*it) != name) return make_error(Errc::NotFound, "no such entry");
+    return getattr(static_cast<InodeNo>(it - nodes_.begin()) + 1);
 }
 
 Result<Attr> Filesystem::getattr(InodeNo ino) {
@@ -144,12 +199,12 @@ Result<std::vector<DirEntry>> Filesystem::readdir(InodeNo ino) {
     const Node& dir = node(ino);
     if (!dir.is_dir) return make_error(Errc::NotDirectory, "readdir of a file");
     std::vector<DirEntry> out;
-    out.reserve(dir.children.size() + 2);
+    out.reserve(std::size_t{dir.children} + 2);
     out.push_back({".", ino, S_IFDIR});
     out.push_back({"..", dir.parent == 0 ? ino : dir.parent, S_IFDIR});
-    for (InodeNo child : dir.children) {
-        const Node& c = nodes_[child - 1];
-        out.push_back({c.name, child, static_cast<mode_t>(c.is_dir ? S_IFDIR : S_IFREG)});
+    for (std::uint32_t i = dir.object; i < dir.object + dir.children; ++i) {
+        const Node& c = nodes_[i];
+        out.push_back({std::string(name_of(c)), InodeNo{i} + 1, static_cast<mode_t>(c.is_dir ? S_IFDIR : S_IFREG)});
     }
     return out;
 }

@@ -48,7 +48,9 @@ struct Manifest {
 
     /// Parse and validate JSON text. `origin` names the manifest in messages
     /// ("manifest.json: samples[3] (\"a/../b\"): path has a '..' component").
-    /// Fails with InvalidArgument naming the first problem found.
+    /// Fails with InvalidArgument naming the first problem found. Streams the
+    /// text through a SAX reader (no DOM), so peak memory is the text plus
+    /// the result.
     static Result<Manifest> parse(std::string_view json, std::string_view origin);
     /// Check the invariants parse() enforces; used by parse and by writers.
     Result<void> validate(std::string_view origin) const;

@@ -112,6 +112,36 @@ TEST_SUITE("filesystem") {
         CHECK(buf == s0);
     }
 
+    TEST_CASE("inode numbers agree between readdir, lookup and the parent links") {
+        Fixture fx;
+        std::vector<InodeNo> dirs{kRootIno};
+        std::size_t seen = 0;
+        while (!dirs.empty()) {
+            InodeNo dir = dirs.back();
+            dirs.pop_back();
+            auto entries = fx.fs->readdir(dir);
+            REQUIRE(entries);
+            for (std::size_t i = 2; i < entries->size(); ++i) {
+                const DirEntry& e = (*entries)[i];
+                auto a = fx.fs->lookup(dir, e.name);
+                REQUIRE_MESSAGE(a, e.name);
+                CHECK(a->st.st_ino == e.ino);
+                CHECK((a->st.st_mode & S_IFMT) == e.type);
+                if (e.type == S_IFDIR && e.ino != fx.fs->checkpoints_ino()) {
+                    CHECK((*fx.fs->readdir(e.ino))[1].ino == dir);
+                    dirs.push_back(e.ino);
+                }
+                ++seen;
+            }
+        }
+        CHECK(seen + 1 == fx.fs->inode_count());
+        CHECK(fx.walk({"checkpoints"}) == fx.fs->checkpoints_ino());
+        CHECK((*fx.fs->readdir(kRootIno))[1].ino == kRootIno);
+        CHECK(to_errno(fx.fs->lookup(kRootIno, "").error().code) == ENOENT);
+        CHECK(to_errno(fx.fs->lookup(fx.walk({"samples", "a"}), "deeper").error().code) == ENOENT);
+        CHECK(fx.fs->statfs().f_files == 13);  // 4 fixed dirs, 2 shards, 3 dirs and 4 samples
+    }
+
     TEST_CASE("everything is read-only for now") {
         Fixture fx;
         CHECK(to_errno(fx.fs->open(fx.walk({"samples", "a", "1.png"}), O_WRONLY).error().code) == EROFS);

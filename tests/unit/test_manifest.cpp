@@ -157,6 +157,57 @@ TEST_SUITE("manifest") {
         }
     }
 
+    TEST_CASE("reads keys in any order, the last duplicate winning, as the DOM reader did") {
+        std::string h(32, 'a');
+        std::string text = R"({"samples": [{"xxh3_128": ")" + h + R"(", "size": 1, "offset": 0, "shard": 0,
+                                             "path": "x", "path": "d/y", "extra": {"n": [1, {}]}}],
+                               "extra": [[{}]], "block_size": 1024, "version": 1,
+                               "shards": [{"blocks": [")" + h + R"("], "size": 10, "xxh3_128": ")" + h + R"(",
+                                           "location": "s", "name": "s"}],
+                               "format": "shelbyfs-manifest"})";
+        auto parsed = Manifest::parse(text, "m.json");
+        REQUIRE(parsed);
+        REQUIRE(parsed->samples.size() == 1);
+        CHECK(parsed->samples[0].path == "d/y");
+        CHECK(parsed->shards[0].blocks.size() == 1);
+    }
+
+    TEST_CASE("reports problems in document order whatever the key order") {
+        Json doc = Json::parse(sample_manifest().to_json());
+        SUBCASE("a syntax error anywhere beats an earlier bad entry") {
+            doc["samples"][0]["size"] = -1;
+            std::string text = doc.dump();
+            auto r = Manifest::parse(text.substr(0, text.size() - 2), "m.json");
+            REQUIRE_FALSE(r);
+            CHECK(contains(r.error().message, "not valid JSON"));
+        }
+        SUBCASE("the first bad sample, even when a later one is worse") {
+            doc["samples"][3]["path"] = 5;
+            doc["samples"][1]["offset"] = "x";
+            CHECK(contains(message_of(doc), "samples[1]: field \"offset\""));
+        }
+        SUBCASE("a bad shard before a bad sample") {
+            doc["samples"][0] = 1;
+            doc["shards"][1]["blocks"][0] = 7;
+            CHECK(contains(message_of(doc), "shards[1]: blocks[0] is not 32 hex digits"));
+        }
+        SUBCASE("a field error before a path error in an earlier sample") {
+            doc["samples"][0]["path"] = "../x";
+            doc["samples"][3]["xxh3_128"] = 1;
+            CHECK(contains(message_of(doc), "samples[3]: field \"xxh3_128\" is missing or not a string"));
+        }
+        SUBCASE("a path error before a later duplicate") {
+            doc["samples"][1]["path"] = "cat/1.png";
+            doc["samples"][0]["path"] = "cat//1.png";
+            CHECK(contains(message_of(doc), "samples[0] (\"cat//1.png\"): path has an empty component"));
+        }
+        SUBCASE("a duplicate before a later range error") {
+            doc["samples"][1]["path"] = "cat/1.png";
+            doc["samples"][2]["offset"] = 99;
+            CHECK(contains(message_of(doc), "samples[1] (\"cat/1.png\"): duplicate path"));
+        }
+    }
+
     TEST_CASE("resolves shard locations against the manifest location") {
         CHECK(resolve_location("/data/set/manifest.json", "shard-000000.tar") == "/data/set/shard-000000.tar");
         CHECK(resolve_location("/data/set/manifest.json", "/abs/s.tar") == "/abs/s.tar");
