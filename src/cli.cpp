@@ -13,6 +13,7 @@ std::string usage() {
   shelbyfs pack <src-dir> <out-dir> [--shard-size SIZE] [--block-size SIZE]
                 [--base-url URL] [--progress | --no-progress]
   shelbyfs mount <manifest> <mountpoint> [-f] [-d] [-o opt[,opt...]]
+  shelbyfs bench [--quick] [--out DIR] [...]   (see shelbyfs bench --help)
   shelbyfs --help | --version
 
 pack: write the files under <src-dir> into tar shards <out-dir>/shard-NNNNNN.tar
@@ -60,6 +61,12 @@ mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint>`.
                       with ENOSPC (default 8GiB)
   -o allow_other, allow_root, default_permissions, auto_unmount, fsname=NAME
                       and other FUSE mount options are passed to libfuse
+
+bench: run the benchmark (tools/bench.py of the source tree, with Debian's
+/usr/bin/python3) against this binary: ImageFolder over a local directory vs
+the mount cold and warm, sequential and random reads, checkpoint cp, memory,
+a 1M-sample manifest, with curl and rclone as ceilings and peers. Writes
+bench-out/ (results.json, results.md, chart.svg, report.html).
 
 Sizes take a K, M, G or T suffix (binary: 1K = 1KiB = 1024), e.g. 64MiB.
 Exit status: 0 success, 1 failure (the message says what and where),
@@ -239,6 +246,7 @@ ParseResult parse(int argc, char** argv) {
     if (cmd == "-V" || cmd == "--version") return {VersionCommand{}, {}};
     if (cmd == "mount") return parse_mount(rest);
     if (cmd == "pack") return parse_pack(rest);
+    if (cmd == "bench") return {BenchCommand{std::vector<std::string>(rest.begin(), rest.end())}, {}};
     return {std::nullopt, "unknown command '" + std::string(cmd) + "'"};
 }
 

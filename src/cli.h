@@ -46,7 +46,12 @@ struct HelpCommand {
 
 struct VersionCommand {};
 
-using Command = std::variant<MountCommand, PackCommand, HelpCommand, VersionCommand>;
+/// `shelbyfs bench ARGS...`: runs tools/bench.py with ARGS.
+struct BenchCommand {
+    std::vector<std::string> args;
+};
+
+using Command = std::variant<MountCommand, PackCommand, HelpCommand, VersionCommand, BenchCommand>;
 
 /// Parse argv. On a usage error returns the message (without "shelbyfs: ").
 struct ParseResult {
