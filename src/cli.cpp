@@ -43,6 +43,9 @@ mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint>`.
   -d                  foreground with libfuse's request trace
   -o cache_size=SIZE  block cache budget (default 512MiB; at least the
                       manifest's block size)
+  -o memory_limit=SIZE  one budget for the cache, prefetch and fetches in
+                      flight (at least 64MiB): the cache gets 4/5 of
+                      SIZE - 32MiB; instead of cache_size
   -o prefetch=N       prefetch up to N blocks ahead of a sequential reader
                       of a shard (default 16; 0 turns prefetch off)
   -o threads=N        FUSE worker threads (default 16)
@@ -72,6 +75,13 @@ Sizes take a K, M, G or T suffix (binary: 1K = 1KiB = 1024), e.g. 64MiB.
 Exit status: 0 success, 1 failure (the message says what and where),
 2 command-line usage error.
 )";
+}
+
+std::uint64_t memory_limit_cache_size(std::uint64_t limit) {
+    // Reserve 32 MiB for demand fetches in flight (16 threads x 1 MiB blocks)
+    // and the daemon itself; prefetches in flight may add a quarter of the
+    // cache on top of it, so the cache gets 4/5 of the rest.
+    return (limit - (32ull << 20)) / 5 * 4;
 }
 
 namespace {
@@ -104,6 +114,15 @@ std::string apply_mount_option(MountCommand& m, std::string_view opt) {
         auto v = need_value() ? std::nullopt : parse_size(value);
         if (!v || *v < 1024 * 1024) return "bad -o cache_size: '" + std::string(value) + "' (want a size >= 1MiB)";
         m.cache_size = *v;
+        m.cache_size_given = true;
+        if (m.memory_limit != 0) return "give -o cache_size or -o memory_limit, not both";
+    } else if (key == "memory_limit") {
+        auto v = need_value() ? std::nullopt : parse_size(value);
+        if (!v || *v < 64 * 1024 * 1024)
+            return "bad -o memory_limit: '" + std::string(value) + "' (want a size >= 64MiB)";
+        if (m.cache_size_given) return "give -o cache_size or -o memory_limit, not both";
+        m.memory_limit = *v;
+        m.cache_size = memory_limit_cache_size(*v);
     } else if (key == "prefetch") {
         auto v = need_value() ? std::nullopt : parse_count(value, 0, 1024);
         if (!v) return "bad -o prefetch: '" + std::string(value) + "' (want 0..1024 blocks)";

@@ -21,6 +21,8 @@ struct MountCommand {
     bool foreground = false;
     bool fuse_debug = false;
     std::uint64_t cache_size = 512ull * 1024 * 1024;
+    bool cache_size_given = false;
+    std::uint64_t memory_limit = 0;  ///< 0: none; else sets the cache size (see cli usage)
     std::uint32_t prefetch = 16;  ///< most blocks prefetched ahead of a sequential reader; 0 = off
     unsigned threads = 16;
     int retries = 5;
@@ -35,6 +37,9 @@ struct MountCommand {
     std::uint64_t spool_size = 8ull << 30;
     std::vector<std::string> fuse_args;  ///< "-o", "opt" pairs passed to libfuse
 };
+
+/// The cache size -o memory_limit=`limit` gives.
+std::uint64_t memory_limit_cache_size(std::uint64_t limit);
 
 struct PackCommand {
     PackOptions options;
