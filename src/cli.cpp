@@ -1,6 +1,7 @@
 // Parsing of `shelbyfs pack` and `shelbyfs mount` command lines, and --help.
 #include "cli.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <string_view>
 
@@ -44,8 +45,8 @@ mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint>`.
   -o cache_size=SIZE  block cache budget (default 512MiB; at least the
                       manifest's block size)
   -o memory_limit=SIZE  one budget for the cache, prefetch and fetches in
-                      flight (at least 64MiB): the cache gets 4/5 of
-                      SIZE - 32MiB; instead of cache_size
+                      flight (at least 16MiB): the cache gets 4/5 of what
+                      is left after min(32MiB, SIZE/4); instead of cache_size
   -o prefetch=N       prefetch up to N blocks ahead of a sequential reader
                       of a shard (default 16; 0 turns prefetch off)
   -o threads=N        FUSE worker threads (default 16)
@@ -78,10 +79,12 @@ Exit status: 0 success, 1 failure (the message says what and where),
 }
 
 std::uint64_t memory_limit_cache_size(std::uint64_t limit) {
-    // Reserve 32 MiB for demand fetches in flight (16 threads x 1 MiB blocks)
-    // and the daemon itself; prefetches in flight may add a quarter of the
-    // cache on top of it, so the cache gets 4/5 of the rest.
-    return (limit - (32ull << 20)) / 5 * 4;
+    // Reserve up to 32 MiB (a quarter of a small limit) for demand fetches
+    // in flight (16 threads x 1 MiB blocks) and the daemon itself;
+    // prefetches in flight may add a quarter of the cache on top of it, so
+    // the cache gets 4/5 of the rest.
+    std::uint64_t reserve = std::min<std::uint64_t>(32ull << 20, limit / 4);
+    return (limit - reserve) / 5 * 4;
 }
 
 namespace {
@@ -118,8 +121,8 @@ std::string apply_mount_option(MountCommand& m, std::string_view opt) {
         if (m.memory_limit != 0) return "give -o cache_size or -o memory_limit, not both";
     } else if (key == "memory_limit") {
         auto v = need_value() ? std::nullopt : parse_size(value);
-        if (!v || *v < 64 * 1024 * 1024)
-            return "bad -o memory_limit: '" + std::string(value) + "' (want a size >= 64MiB)";
+        if (!v || *v < 16 * 1024 * 1024)
+            return "bad -o memory_limit: '" + std::string(value) + "' (want a size >= 16MiB)";
         if (m.cache_size_given) return "give -o cache_size or -o memory_limit, not both";
         m.memory_limit = *v;
         m.cache_size = memory_limit_cache_size(*v);
