@@ -1161,14 +1161,11 @@ Result<void> Checkpoints::rename(InodeNo parent, std::string_view name, InodeNo 
     return {};
 }
 
-Result<void> Checkpoints::setxattr(InodeNo ino, std::string_view name, std::string_view value, int flags) {
-    if (name.rfind("user.", 0) != 0)
-        return make_error(Errc::NotSupported, "only user.* extended attributes are supported");
-    if (name.rfind("user.shelbyfs.", 0) == 0)
-        return make_error(Errc::Permission, std::string(name) + " is maintained by shelbyfs");
-    if (!valid_utf8(name)) return make_error(Errc::InvalidArgument, "xattr names must be UTF-8");
-    if (value.size() > kMaxXattrValue) return make_error(Errc::TooBig, "xattr value over 64 KiB");
-    std::lock_guard ns(ns_mutex_);  // see setattr
+// Change a file's user xattrs with `edit` (under tree_mutex_) and record
+// them on its saved version before returning; undone if that fails. Under
+// ns_mutex_ for the reason given in setattr.
+Result<void> Checkpoints::change_xattrs(InodeNo ino, const std::function<Result<void>(XattrMap&)>& edit) {
+    std::lock_guard ns(ns_mutex_);
     XattrMap before;
     bool record = false;
     {
@@ -1176,15 +1173,12 @@ Result<void> Checkpoints::setxattr(InodeNo ino, std::string_view name, std::stri
         Node& n = node(ino);
         if (n.readonly) return make_error(Errc::ReadOnly, "versions are read-only");
         if (n.is_dir) return make_error(Errc::NotSupported, "xattrs on checkpoint directories are not supported");
-        bool exists = n.xattrs.count(std::string(name)) != 0;
-        if ((flags & XATTR_CREATE) != 0 && exists) return make_error(Errc::Exists, "xattr exists");
-        if ((flags & XATTR_REPLACE) != 0 && !exists) return make_error(Errc::NoData, "no such xattr");
-        std::size_t total = name.size() + value.size();
-        for (const auto& [k, v] : n.xattrs)
-            if (k != name) total += k.size() + v.size();
-        if (total > kMaxXattrTotal) return make_error(Errc::NoSpace, "xattrs of one file over 256 KiB");
         before = n.xattrs;
-        n.xattrs[std::string(name)] = std::string(value);
+        auto edited = edit(n.xattrs);
+        if (!edited) {
+            n.xattrs = std::move(before);
+            return edited;
+        }
         record = n.version && n.linked;
     }
     if (!record) return {};
@@ -1194,6 +1188,26 @@ Result<void> Checkpoints::setxattr(InodeNo ino, std::string_view name, std::stri
         node(ino).xattrs = std::move(before);
     }
     return r;
+}
+
+Result<void> Checkpoints::setxattr(InodeNo ino, std::string_view name, std::string_view value, int flags) {
+    if (name.rfind("user.", 0) != 0)
+        return make_error(Errc::NotSupported, "only user.* extended attributes are supported");
+    if (name.rfind("user.shelbyfs.", 0) == 0)
+        return make_error(Errc::Permission, std::string(name) + " is maintained by shelbyfs");
+    if (!valid_utf8(name)) return make_error(Errc::InvalidArgument, "xattr names must be UTF-8");
+    if (value.size() > kMaxXattrValue) return make_error(Errc::TooBig, "xattr value over 64 KiB");
+    return change_xattrs(ino, [&](XattrMap& x) -> Result<void> {
+        bool exists = x.count(std::string(name)) != 0;
+        if ((flags & XATTR_CREATE) != 0 && exists) return make_error(Errc::Exists, "xattr exists");
+        if ((flags & XATTR_REPLACE) != 0 && !exists) return make_error(Errc::NoData, "no such xattr");
+        std::size_t total = name.size() + value.size();
+        for (const auto& [k, v] : x)
+            if (k != name) total += k.size() + v.size();
+        if (total > kMaxXattrTotal) return make_error(Errc::NoSpace, "xattrs of one file over 256 KiB");
+        x[std::string(name)] = std::string(value);
+        return {};
+    });
 }
 
 Result<std::string> Checkpoints::getxattr(InodeNo ino, std::string_view name) {
@@ -1223,25 +1237,10 @@ Result<std::vector<std::string>> Checkpoints::listxattr(InodeNo ino) {
 Result<void> Checkpoints::removexattr(InodeNo ino, std::string_view name) {
     if (name.rfind("user.shelbyfs.", 0) == 0)
         return make_error(Errc::Permission, std::string(name) + " is maintained by shelbyfs");
-    std::lock_guard ns(ns_mutex_);  // see setattr
-    XattrMap before;
-    bool record = false;
-    {
-        std::lock_guard lock(tree_mutex_);
-        Node& n = node(ino);
-        if (n.readonly) return make_error(Errc::ReadOnly, "versions are read-only");
-        if (n.xattrs.count(std::string(name)) == 0) return make_error(Errc::NoData, "no such xattr");
-        before = n.xattrs;
-        n.xattrs.erase(std::string(name));
-        record = !n.is_dir && n.version && n.linked;
-    }
-    if (!record) return {};
-    auto r = record_meta_locked(ino);
-    if (!r) {
-        std::lock_guard lock(tree_mutex_);
-        node(ino).xattrs = std::move(before);
-    }
-    return r;
+    return change_xattrs(ino, [&](XattrMap& x) -> Result<void> {
+        if (x.erase(std::string(name)) == 0) return make_error(Errc::NoData, "no such xattr");
+        return {};
+    });
 }
 
 Checkpoints::Stats Checkpoints::stats() const {

@@ -142,6 +142,7 @@ private:
     Result<void> upload(const ObjectRef& object, const std::string& data_path);
     Result<void> publish(InodeNo ino, OpenState& open);
     Result<void> record_meta_locked(InodeNo ino);
+    Result<void> change_xattrs(InodeNo ino, const std::function<Result<void>(XattrMap&)>& edit);
     Result<std::shared_ptr<OpenState>> materialize(InodeNo ino, bool truncate);
     Result<std::shared_ptr<OpenState>> begin_write(InodeNo ino, bool truncate);
     void end_write(InodeNo ino, const std::shared_ptr<OpenState>& os);
