@@ -47,6 +47,10 @@ mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint>`.
   -o memory_limit=SIZE  one budget for the cache, prefetch and fetches in
                       flight (at least 16MiB): the cache gets 4/5 of what
                       is left after min(32MiB, SIZE/4); instead of cache_size
+  -o cache_dir=DIR    also keep verified blocks in DIR, named by their hash,
+                      for later mounts (default: off); DIR may be shared
+  -o disk_cache_size=SIZE  most bytes kept in cache_dir; the least recently
+                      used blocks go first (default 10GiB)
   -o prefetch=N       prefetch up to N blocks ahead of a sequential reader
                       of a shard (default 16; 0 turns prefetch off)
   -o threads=N        FUSE worker threads (default 16)
@@ -126,6 +130,14 @@ std::string apply_mount_option(MountCommand& m, std::string_view opt) {
         if (m.cache_size_given) return "give -o cache_size or -o memory_limit, not both";
         m.memory_limit = *v;
         m.cache_size = memory_limit_cache_size(*v);
+    } else if (key == "cache_dir") {
+        if (need_value()) return "bad -o cache_dir: a path is required";
+        m.cache_dir = std::string(value);
+    } else if (key == "disk_cache_size") {
+        auto v = need_value() ? std::nullopt : parse_size(value);
+        if (!v || *v < 1024 * 1024)
+            return "bad -o disk_cache_size: '" + std::string(value) + "' (want a size >= 1MiB)";
+        m.disk_cache_size = *v;
     } else if (key == "prefetch") {
         auto v = need_value() ? std::nullopt : parse_count(value, 0, 1024);
         if (!v) return "bad -o prefetch: '" + std::string(value) + "' (want 0..1024 blocks)";

@@ -35,6 +35,8 @@ struct MountCommand {
     std::string checkpoints;
     std::string spool_dir;  ///< empty = $XDG_CACHE_HOME or ~/.cache /shelbyfs/spool
     std::uint64_t spool_size = 8ull << 30;
+    std::string cache_dir;  ///< persistent block cache; empty = none
+    std::uint64_t disk_cache_size = 10ull << 30;
     std::vector<std::string> fuse_args;  ///< "-o", "opt" pairs passed to libfuse
 };
 

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "shelbyfs/disk_cache.h"
 #include "shelbyfs/log.h"
 
 namespace shelbyfs {
@@ -115,9 +116,10 @@ Fetcher::Slot Fetcher::acquire(const BlockKey& key) {
         slot.pending = promise->get_future().share();
         inflight_.emplace(key, Inflight{std::move(promise), slot.pending, false});
     }
-    fetches_.fetch_add(1, std::memory_order_relaxed);
     try {
         const ObjectSpec& o = object(key.object);
+        if ((slot.from_disk = load_from_disk(o, key))) return slot;
+        fetches_.fetch_add(1, std::memory_order_relaxed);
         slot.first_attempt = reader_.read_range(o.location, block_offset(o, key), block_length(o, key));
     } catch (...) {
         // Never leave a registered fetch unresolved: joiners would wait for ever.
@@ -126,6 +128,13 @@ Fetcher::Slot Fetcher::acquire(const BlockKey& key) {
         throw;
     }
     return slot;
+}
+
+BlockPtr Fetcher::load_from_disk(const ObjectSpec& o, const BlockKey& key) {
+    if (options_.disk_cache == nullptr || key.index >= o.blocks.size()) return nullptr;
+    auto data = options_.disk_cache->lookup(o.blocks[key.index], block_length(o, key));
+    if (!data) return nullptr;
+    return std::make_shared<const std::string>(std::move(*data));
 }
 
 Result<BlockPtr> Fetcher::verify_or_refetch(const BlockKey& key, std::future<Result<std::string>> attempt,
@@ -155,7 +164,10 @@ Result<BlockPtr> Fetcher::verify_or_refetch(const BlockKey& key, std::future<Res
         }
         bytes_fetched_.fetch_add(data->size(), std::memory_order_relaxed);
         ContentHash got = ContentHash::of(*data);
-        if (got == o.blocks[key.index]) return std::make_shared<const std::string>(std::move(*data));
+        if (got == o.blocks[key.index]) {
+            if (options_.disk_cache != nullptr) options_.disk_cache->insert(got, *data);
+            return std::make_shared<const std::string>(std::move(*data));
+        }
         integrity_failures_.fetch_add(1, std::memory_order_relaxed);
         std::string what = o.name + " " + range + ": hash mismatch (expected " + o.blocks[key.index].hex() +
                            ", got " + got.hex() + ")";
@@ -173,7 +185,8 @@ Result<BlockPtr> Fetcher::complete(Slot& slot) {
     if (slot.lead != nullptr) {
         Result<BlockPtr> result = make_error(Errc::Internal, "fetch: leader failed (F01)");
         try {
-            result = verify_or_refetch(slot.key, std::move(slot.first_attempt), Origin::Demand, {});
+            result = slot.from_disk ? Result<BlockPtr>(std::move(slot.from_disk))
+                                    : verify_or_refetch(slot.key, std::move(slot.first_attempt), Origin::Demand, {});
         } catch (const std::exception& e) {
             result = make_error(Errc::Internal, std::string("fetch: ") + e.what() + " (F02)");
         }
@@ -359,8 +372,9 @@ void Fetcher::run_prefetch(const BlockKey& key, std::stop_token stop) {
     Result<BlockPtr> result = make_error(Errc::Internal, "prefetch: failed (F06)");
     try {
         const ObjectSpec& o = object(key.object);
-        result = verify_or_refetch(key, reader_.read_range(o.location, block_offset(o, key), block_length(o, key)),
-                                   Origin::Prefetch, stop);
+        if (BlockPtr block = load_from_disk(o, key)) result = std::move(block);
+        else result = verify_or_refetch(key, reader_.read_range(o.location, block_offset(o, key), block_length(o, key)),
+                                        Origin::Prefetch, stop);
         if (result) cache_.insert(key, *result);
     } catch (const std::exception& e) {
         // A failed insert leaves `result` good: joiners still get the bytes.

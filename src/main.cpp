@@ -21,6 +21,7 @@
 #include "shelbyfs/blob_reader.h"
 #include "shelbyfs/block_cache.h"
 #include "shelbyfs/checkpoint.h"
+#include "shelbyfs/disk_cache.h"
 #include "shelbyfs/fetcher.h"
 #include "shelbyfs/filesystem.h"
 #include "shelbyfs/fuse_adapter.h"
@@ -193,8 +194,17 @@ int run_mount(const cli::MountCommand& cmd) {
                                      manifest.block_size, s.blocks});
     RoutingReader reader(&http);
     BlockCache cache(cmd.cache_size);
+    std::unique_ptr<DiskCache> disk_cache;
+    if (!cmd.cache_dir.empty()) {
+        // Absolute: the daemon leaves its working directory once mounted.
+        disk_cache = std::make_unique<DiskCache>(absolute_lexical(cmd.cache_dir), cmd.disk_cache_size);
+        if (!disk_cache->is_enabled())
+            std::fprintf(stderr, "shelbyfs: warning: -o cache_dir=%s is not usable; running without a disk cache\n",
+                         cmd.cache_dir.c_str());
+    }
     FetcherOptions fetcher_options;
     fetcher_options.prefetch_blocks = cmd.prefetch;
+    fetcher_options.disk_cache = disk_cache.get();
     Fetcher fetcher(reader, cache, std::move(objects), fetcher_options);
     FsOptions fs_options;
     fs_options.uid = ::getuid();
@@ -281,6 +291,13 @@ int run_mount(const cli::MountCommand& cmd) {
                            std::to_string(cs.misses) + ", fetched " + format_size(fst.bytes_fetched) + ": " +
                            std::to_string(fst.fetches) + " blocks on demand, " + std::to_string(fst.prefetched) +
                            " prefetched (" + std::to_string(fst.prefetch_hits) + " of them read)");
+    if (disk_cache) {
+        auto ds = disk_cache->stats();
+        log::info("mount", "disk cache " + disk_cache->dir() + ": hits " + std::to_string(ds.hits) + ", misses " +
+                               std::to_string(ds.misses) + ", inserts " + std::to_string(ds.inserts) +
+                               ", evictions " + std::to_string(ds.evictions) + ", verification failures " +
+                               std::to_string(ds.verify_failures) + ", holds " + format_size(ds.bytes));
+    }
     if (checkpoints) {
         auto ck = checkpoints->stats();
         log::info("mount", "checkpoints: uploaded " + std::to_string(ck.uploads) + " objects (" +

@@ -23,6 +23,8 @@
 
 namespace shelbyfs {
 
+class DiskCache;
+
 /// An immutable object read in blocks: a shard or a checkpoint.
 struct ObjectSpec {
     std::string name;      ///< for messages ("shard-000001.tar")
@@ -46,6 +48,10 @@ struct FetcherOptions {
     /// request at a time, so this bounds prefetch requests on the wire; 16
     /// matches HttpClient's default connection limit.
     unsigned prefetch_threads = 16;
+    /// Optional second tier, consulted by the leader of a fetch before the
+    /// network and given every block verified after one; null = none. It
+    /// must outlive the Fetcher.
+    DiskCache* disk_cache = nullptr;
 };
 
 /// Thread-safe. Serves reads of objects from the BlockCache, fetching missing
@@ -94,7 +100,7 @@ public:
     void wait_prefetch_idle();
 
     struct Stats {
-        std::uint64_t fetches = 0;        ///< demand block fetches started (misses that led)
+        std::uint64_t fetches = 0;        ///< demand block requests started (misses that led and missed the disk cache)
         std::uint64_t joined = 0;         ///< misses that joined an in-flight fetch or prefetch
         std::uint64_t integrity_failures = 0;
         std::uint64_t bytes_fetched = 0;  ///< demand and prefetch
@@ -116,6 +122,7 @@ private:
         BlockPtr ready;                        // cache hit
         SharedBlock pending;                   // joined or led fetch
         std::promise<Result<BlockPtr>>* lead = nullptr;  // set when this caller leads
+        BlockPtr from_disk;                    // led, and found in the disk cache
         bool joined_prefetch = false;
         std::future<Result<std::string>> first_attempt;
     };
@@ -153,6 +160,8 @@ private:
     Result<BlockPtr> complete(Slot& slot);
     Result<BlockPtr> verify_or_refetch(const BlockKey& key, std::future<Result<std::string>> first, Origin origin,
                                        std::stop_token stop);
+    /// The block from the disk cache (verified there), or null.
+    BlockPtr load_from_disk(const ObjectSpec& o, const BlockKey& key);
     /// Note a read of blocks [first, last] and start the prefetches it calls for.
     void prefetch_after(std::uint32_t object, const ObjectSpec& o, std::uint64_t first, std::uint64_t last) noexcept;
     /// Register and queue a prefetch of `key` unless it is cached or in flight.
