@@ -27,23 +27,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Deterministic, position-dependent bytes, so a shifted slice never matches.
-std::string pattern(std::size_t size, unsigned seed = 7) {
-    std::string s(size, '\0');
-    for (std::size_t i = 0; i < size; ++i) s[i] = static_cast<char>((i * 131 + i / 251 + seed) & 0xff);
-    return s;
-}
-
-// Options that keep failing tests quick.
-HttpOptions fast_options() {
-    HttpOptions o;
-    o.connect_timeout = 2000ms;
-    o.stall_timeout = 2000ms;
-    o.max_retries = 3;
-    o.backoff_initial = 10ms;
-    o.backoff_max = 40ms;
-    return o;
-}
+using shelbyfs::test::fast_options;
+using shelbyfs::test::pattern;
 
 // Waits, bounded, for a future; a timeout fails the test instead of hanging it.
 template <typename T>

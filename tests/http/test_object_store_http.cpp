@@ -26,21 +26,9 @@ namespace {
 
 using Names = std::vector<std::string>;
 
-std::string pattern(std::size_t size, unsigned seed = 7) {
-    std::string s(size, '\0');
-    for (std::size_t i = 0; i < size; ++i) s[i] = static_cast<char>((i * 131 + i / 251 + seed) & 0xff);
-    return s;
-}
+using shelbyfs::test::pattern;
 
-HttpOptions fast_options() {
-    HttpOptions o;
-    o.connect_timeout = 2000ms;
-    o.stall_timeout = 2000ms;
-    o.max_retries = 2;
-    o.backoff_initial = 10ms;
-    o.backoff_max = 40ms;
-    return o;
-}
+HttpOptions fast_options() { return shelbyfs::test::fast_options(2); }
 
 bool contains(const std::string& haystack, const std::string& needle) {
     return haystack.find(needle) != std::string::npos;

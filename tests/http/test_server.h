@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include "shelbyfs/http_client.h"
+
 namespace shelbyfs::test {
 
 /// What the server does wrong for a path.
@@ -149,5 +151,23 @@ std::uint16_t unused_port();
 
 /// Number of open file descriptors of this process, for leak checks.
 int open_fd_count();
+
+/// Deterministic, position-dependent bytes, so a shifted slice never matches.
+inline std::string pattern(std::size_t size, unsigned seed = 7) {
+    std::string s(size, '\0');
+    for (std::size_t i = 0; i < size; ++i) s[i] = static_cast<char>((i * 131 + i / 251 + seed) & 0xff);
+    return s;
+}
+
+/// Client options that keep failing tests quick.
+inline HttpOptions fast_options(int max_retries = 3) {
+    HttpOptions o;
+    o.connect_timeout = std::chrono::milliseconds(2000);
+    o.stall_timeout = std::chrono::milliseconds(2000);
+    o.max_retries = max_retries;
+    o.backoff_initial = std::chrono::milliseconds(10);
+    o.backoff_max = std::chrono::milliseconds(40);
+    return o;
+}
 
 }  // namespace shelbyfs::test
