@@ -35,6 +35,7 @@ REPO = os.path.normpath(os.path.join(HERE, '..', '..'))
 sys.path.insert(0, os.path.join(REPO, 'tools'))
 import testlib  # noqa: E402
 from testlib import cleanup  # noqa: E402
+from testlib.mount import pid_alive  # noqa: E402
 
 TRAIN = os.path.join(REPO, 'examples', 'train_fmnist.py')
 COUNT = int(os.environ.get('SHELBYFS_TRAIN_RESUME_COUNT', '3000'))
@@ -179,14 +180,6 @@ class Trainer:
             self.proc.kill()
             self.proc.wait(timeout=30)
         cleanup.unregister_pid(self.proc.pid)
-
-
-def pid_alive(pid):
-    try:
-        with open(f'/proc/{pid}/stat') as f:
-            return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
-    except OSError:
-        return False
 
 
 def wait_gone(pids, timeout):

@@ -7,7 +7,6 @@ stopped by PID. Every wait is bounded.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -49,19 +48,12 @@ class Profile:
                 'description': self.describe()}
 
 
-def _ready(port, timeout=1.0):
-    try:
-        with socket.create_connection(('127.0.0.1', port), timeout=timeout) as s:
-            s.sendall(b'GET /__shelbyfs_ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n')
-            return s.recv(16).startswith(b'HTTP/1.1 204')
-    except OSError:
-        return False
-
-
 class BenchNginx(testlib.Nginx):
     """testlib's throw-away nginx, with the benchmark's config (tools/bench/nginx.conf.in):
     autoindex (rclone's http backend lists directories from it), WebDAV with
     PROPFIND when dav_ext is installed, and the profile's delay and rate cap."""
+
+    new_session = True  # Ctrl-C reaches the benchmark, which stops nginx itself
 
     def __init__(self, root, profile, start_timeout=10.0):
         super().__init__(root, start_timeout=start_timeout)
@@ -86,33 +78,6 @@ class BenchNginx(testlib.Nginx):
         return template.format(load_modules='\n'.join(modules), prefix=self.prefix, port=self.port,
                                root=self.root, remote='\n            '.join(remote),
                                dav_ext='dav_ext_methods PROPFIND OPTIONS;' if self.has_dav_ext else '')
-
-    def _try_start(self):
-        # Same life cycle as testlib.Nginx._try_start, with our own config.
-        conf = os.path.join(self.prefix, 'nginx.conf')
-        with open(conf, 'w') as f:
-            f.write(self.config())
-        stderr_path = os.path.join(self.prefix, 'stderr.log')
-        with open(stderr_path, 'wb') as err:
-            proc = subprocess.Popen([testlib.nginx.NGINX, '-c', conf, '-p', self.prefix + '/',
-                                     '-e', os.path.join(self.prefix, 'error.log')],
-                                    stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                    start_new_session=True)
-        cleanup.register_pid(proc.pid)
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                cleanup.unregister_pid(proc.pid)
-                with open(stderr_path, errors='replace') as f:
-                    return (f.read() + self.error_log()).strip() or f'exit {proc.returncode}'
-            if self._pidfile() == proc.pid and _ready(self.port):
-                self.proc = proc
-                return None
-            time.sleep(0.05)
-        proc.kill()
-        proc.wait(timeout=10)
-        cleanup.unregister_pid(proc.pid)
-        return f'not answering after {self.start_timeout}s'
 
 
 class RcloneMount:

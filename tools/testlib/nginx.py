@@ -171,16 +171,24 @@ class Nginx:
         return False
 
     # -- internals ----------------------------------------------------------
+    # Subclasses (the benchmark's nginx) replace config() and may run nginx in
+    # a session of its own, out of reach of the terminal's Ctrl-C.
+    new_session = False
+
+    def config(self):
+        """The nginx.conf text for this server (prefix and port are set)."""
+        return _CONF.format(prefix=self.prefix, port=self.port, root=self.root, log_level=self.log_level)
+
     def _try_start(self):
         conf = os.path.join(self.prefix, 'nginx.conf')
         with open(conf, 'w') as f:
-            f.write(_CONF.format(prefix=self.prefix, port=self.port, root=self.root,
-                                 log_level=self.log_level))
+            f.write(self.config())
         stderr_path = os.path.join(self.prefix, 'stderr.log')
         with open(stderr_path, 'wb') as err:
             proc = subprocess.Popen([NGINX, '-c', conf, '-p', self.prefix + '/',
                                      '-e', os.path.join(self.prefix, 'error.log')],
-                                    stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+                                    stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                    start_new_session=self.new_session)
         cleanup.register_pid(proc.pid)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
