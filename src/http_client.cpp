@@ -37,7 +37,7 @@ constexpr long kMinBytesPerSecond = 1024;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-enum class Kind { Range, Whole, Put, Head };
+enum class Kind { Range, Whole, Put, Head, Call };
 
 // Put: where the request body comes from. Every attempt reads it from offset 0
 // (curl may also seek back within an attempt). The size is fixed at submission.
@@ -72,7 +72,9 @@ private:
 // ever in memory. Owns the descriptor from submission until the job ends.
 class FileSource final : public UploadSource {
 public:
-    static Result<std::unique_ptr<FileSource>> open(const std::string& path) {
+    // The byte range [offset, offset + length) of `path`; length UINT64_MAX: to the end.
+    static Result<std::unique_ptr<FileSource>> open(const std::string& path, std::uint64_t offset = 0,
+                                                    std::uint64_t length = UINT64_MAX) {
         // O_NONBLOCK: a FIFO must not block the caller in open(); it is rejected below.
         const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd < 0) {
@@ -86,7 +88,13 @@ public:
             return make_error(Errc::Io, "cannot stat " + path + ": " + std::strerror(err));
         }
         if (!S_ISREG(st.st_mode)) return make_error(Errc::Io, "cannot upload " + path + ": not a regular file");
-        source->size_ = static_cast<std::uint64_t>(st.st_size);
+        const auto file_size = static_cast<std::uint64_t>(st.st_size);
+        if (offset > file_size || (length != UINT64_MAX && length > file_size - offset)) {
+            return make_error(Errc::Io, "cannot upload bytes " + std::to_string(offset) + "+" + std::to_string(length) +
+                                            " of " + path + ": the file has only " + std::to_string(file_size));
+        }
+        source->base_ = offset;
+        source->size_ = length == UINT64_MAX ? file_size - offset : length;
         ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);  // a hint: failure is harmless
         return source;
     }
@@ -95,10 +103,13 @@ public:
     FileSource& operator=(const FileSource&) = delete;
 
     std::uint64_t size() const override { return size_; }
-    std::string origin() const override { return " from " + path_; }
+    std::string origin() const override {
+        if (base_ == 0) return " from " + path_;
+        return " from " + path_ + " at byte " + std::to_string(base_);
+    }
     Result<std::size_t> read(std::uint64_t offset, char* buffer, std::size_t n) override {
         for (;;) {
-            const ssize_t got = ::pread(fd_, buffer, n, static_cast<off_t>(offset));
+            const ssize_t got = ::pread(fd_, buffer, n, static_cast<off_t>(base_ + offset));
             if (got > 0) return static_cast<std::size_t>(got);
             const int err = errno;
             if (got < 0 && err == EINTR) continue;
@@ -115,6 +126,7 @@ private:
     FileSource(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
     int fd_;
     std::string path_;
+    std::uint64_t base_ = 0;  // file offset of the body's first byte
     std::uint64_t size_ = 0;
 };
 
@@ -124,11 +136,14 @@ struct Job {
     std::string url;
     std::uint64_t offset = 0;
     std::uint64_t length = 0;
-    std::unique_ptr<UploadSource> upload;    // Put: the body, re-sent whole on every attempt
-    std::vector<std::string> extra_headers;  // Put: given by the caller
-    curl_slist* header_list = nullptr;       // built by the I/O thread on the first attempt
-    // Range/Whole: the body; Put: nothing; Head: the Content-Length.
-    std::variant<std::promise<Result<std::string>>, std::promise<Result<void>>, std::promise<Result<std::uint64_t>>>
+    std::string method;                   // Call: GET, HEAD, PUT, POST or DELETE
+    std::unique_ptr<UploadSource> upload;  // Put/Call: the body, re-sent whole on every attempt; Call: may be null
+    RequestOptions options;                // extra headers and signing, from the caller
+    curl_slist* header_list = nullptr;     // built by the I/O thread on the first attempt
+    std::string sigv4_param;               // "aws:amz:<region>:<service>" when signed
+    // Range/Whole: the body; Put: nothing; Head: the Content-Length; Call: the response.
+    std::variant<std::promise<Result<std::string>>, std::promise<Result<void>>, std::promise<Result<std::uint64_t>>,
+                 std::promise<Result<HttpResponse>>>
         promise;
     int attempts = 0;  // attempts started so far
 
@@ -147,6 +162,9 @@ struct Job {
                 return "PUT " + url + " (" + std::to_string(upload->size()) + " bytes" + upload->origin() + ")";
             case Kind::Head:
                 return "HEAD " + url;
+            case Kind::Call:
+                if (upload) return method + " " + url + " (" + std::to_string(upload->size()) + " bytes" + upload->origin() + ")";
+                return method + " " + url;
         }
         return url;
     }
@@ -164,7 +182,9 @@ struct Transfer {
     std::uint64_t max_body = 0;
     long status = 0;              // of the response being received
     std::string content_range;    // of the response being received
-    std::string body;             // Range: the wanted bytes only; Whole: everything
+    std::vector<std::pair<std::string, std::string>> headers;  // Call: of the response being received
+    std::string error_body;       // the start of a non-2xx response's body, for messages
+    std::string body;             // Range: the wanted bytes only; Whole/Call: everything
     std::uint64_t received = 0;   // body bytes of the final response, kept or not
     std::uint64_t received_total = 0;  // all body bytes, for stats
     std::uint64_t sent = 0;            // Put: read offset into job->upload, this attempt only
@@ -182,18 +202,27 @@ struct Transfer {
     void reset_response() {
         status = 0;
         content_range.clear();
+        headers.clear();
+        error_body.clear();
         body.clear();
         received = 0;
     }
+
+    static constexpr std::size_t kErrorBodyBytes = 4096;
 
     // Returns false to make curl abort the transfer.
     bool take_body(const char* data, std::size_t n) {
         received_total += n;
         const std::uint64_t before = received;
         received += n;
+        if (status < 200 || status > 299) {
+            // An error page: keep its start for the message.
+            if (error_body.size() < kErrorBodyBytes) error_body.append(data, std::min(n, kErrorBodyBytes - error_body.size()));
+            return true;
+        }
         if (job->kind == Kind::Put || job->kind == Kind::Head) return true;  // response body: discarded
-        if (job->kind == Kind::Whole) {
-            if (status != 200) return true;  // error page: discarded
+        if (job->kind == Kind::Whole || job->kind == Kind::Call) {
+            if (job->kind == Kind::Whole && status != 200) return true;
             if (received > max_body) {
                 too_big = true;
                 return false;
@@ -251,6 +280,7 @@ std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user)
 // Put: feeds curl the next slice of the body.
 std::size_t on_read(char* buffer, std::size_t size, std::size_t count, void* user) {
     auto& t = *static_cast<Transfer*>(user);
+    if (!t.job->upload) return 0;  // an empty body
     UploadSource& source = *t.job->upload;
     const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(size * count, source.size() - t.sent));
     if (n == 0) return 0;
@@ -273,7 +303,8 @@ std::size_t on_read(char* buffer, std::size_t size, std::size_t count, void* use
 // reused connection that turned out dead, a redirect).
 int on_seek(void* user, curl_off_t offset, int origin) {
     auto& t = *static_cast<Transfer*>(user);
-    if (origin != SEEK_SET || offset < 0 || static_cast<std::uint64_t>(offset) > t.job->upload->size()) {
+    const std::uint64_t size = t.job->upload ? t.job->upload->size() : 0;
+    if (origin != SEEK_SET || offset < 0 || static_cast<std::uint64_t>(offset) > size) {
         return CURL_SEEKFUNC_CANTSEEK;
     }
     t.sent = static_cast<std::uint64_t>(offset);
@@ -312,6 +343,14 @@ std::size_t on_header(char* data, std::size_t size, std::size_t count, void* use
             }
         } else if (starts_with_nocase(line, "content-range:")) {
             t.content_range = std::string(trim(line.substr(14)));
+        }
+        if (t.job->kind == Kind::Call) {
+            const auto colon = line.find(':');
+            if (colon != std::string_view::npos && colon > 0) {
+                std::string name(line.substr(0, colon));
+                for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+                t.headers.emplace_back(std::move(name), std::string(trim(line.substr(colon + 1))));
+            }
         }
     } catch (const std::bad_alloc&) {
         t.out_of_memory = true;
@@ -384,12 +423,45 @@ struct Outcome {
     std::string detail;          // cause, without the "GET url range: " prefix
     std::string body;
     std::uint64_t length = 0;  // Head: the Content-Length
+    HttpResponse response;     // Call
 };
 
-Outcome succeed(std::string body) { return {Outcome::Action::Succeed, Errc::Internal, {}, std::move(body), 0}; }
-Outcome succeed_length(std::uint64_t length) { return {Outcome::Action::Succeed, Errc::Internal, {}, {}, length}; }
-Outcome retry(Errc code, std::string detail) { return {Outcome::Action::Retry, code, std::move(detail), {}, 0}; }
-Outcome fail(Errc code, std::string detail) { return {Outcome::Action::Fail, code, std::move(detail), {}, 0}; }
+Outcome succeed(std::string body) { return {Outcome::Action::Succeed, Errc::Internal, {}, std::move(body), 0, {}}; }
+Outcome succeed_length(std::uint64_t length) { return {Outcome::Action::Succeed, Errc::Internal, {}, {}, length, {}}; }
+Outcome retry(Errc code, std::string detail) { return {Outcome::Action::Retry, code, std::move(detail), {}, 0, {}}; }
+Outcome fail(Errc code, std::string detail) { return {Outcome::Action::Fail, code, std::move(detail), {}, 0, {}}; }
+
+// The text between <tag> and </tag> in `xml`, ignoring namespaces; "" if absent.
+std::string xml_text(std::string_view xml, std::string_view tag) {
+    const std::string open = "<" + std::string(tag) + ">";
+    const auto start = xml.find(open);
+    if (start == std::string_view::npos) return {};
+    const auto from = start + open.size();
+    const auto end = xml.find("</" + std::string(tag) + ">", from);
+    if (end == std::string_view::npos) return {};
+    return std::string(xml.substr(from, end - from));
+}
+
+// " (Code: Message)" from an S3 XML error, " (error)" from a JSON {"error": ...}
+// body (the Shelby RPC), else the body's first line; "" for an empty body.
+std::string error_summary(std::string_view body) {
+    std::string text;
+    if (const std::string code = xml_text(body, "Code"); !code.empty()) {
+        text = code;
+        if (const std::string message = xml_text(body, "Message"); !message.empty()) text += ": " + message;
+    } else if (const auto key = body.find("\"error\""); key != std::string_view::npos) {
+        const auto open = body.find('"', body.find(':', key));
+        const auto close = open == std::string_view::npos ? open : body.find('"', open + 1);
+        if (close != std::string_view::npos) text = std::string(body.substr(open + 1, close - open - 1));
+    } else {
+        text = std::string(body.substr(0, std::min<std::size_t>(body.find_first_of("\r\n"), 200)));
+    }
+    for (char& c : text) {
+        if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+    }
+    if (text.size() > 300) text = text.substr(0, 300) + "...";
+    return text.empty() ? std::string() : " (" + text + ")";
+}
 
 std::string range_text(std::uint64_t first, std::uint64_t last) {
     return std::to_string(first) + "-" + std::to_string(last);
@@ -421,7 +493,8 @@ Outcome evaluate(Transfer& t, CURLcode code, milliseconds stall_timeout) {
         return fail(Errc::Network, std::move(cause));
     }
     const long status = t.status;
-    const std::string status_text = "HTTP " + std::to_string(status);
+    const std::string status_text =
+        "HTTP " + std::to_string(status) + (status >= 200 && status <= 299 ? std::string() : error_summary(t.error_body));
     const bool transient = status == 408 || status == 429 || (status >= 500 && status <= 599);
     if (job.kind == Kind::Put) {
         // 404 on a PUT is not "the object is missing": keep it an HttpStatus error.
@@ -434,7 +507,24 @@ Outcome evaluate(Transfer& t, CURLcode code, milliseconds stall_timeout) {
         }
         return succeed({});
     }
-    if (status == 404) return fail(Errc::NotFound, status_text + " (not found)");
+    if (job.kind == Kind::Call) {
+        if (status == 404) return fail(Errc::NotFound, status_text + (t.error_body.empty() ? " (not found)" : ""));
+        if (transient) return retry(Errc::HttpStatus, status_text);
+        if (status < 200 || status > 299) return fail(Errc::HttpStatus, status_text);
+        if (job.upload) {
+            curl_off_t uploaded = -1;
+            curl_easy_getinfo(t.easy, CURLINFO_SIZE_UPLOAD_T, &uploaded);
+            if (uploaded >= 0 && static_cast<std::uint64_t>(uploaded) != job.upload->size()) {
+                return retry(Errc::Network, status_text + " after sending only " + std::to_string(uploaded) + " bytes");
+            }
+        }
+        Outcome out = succeed({});
+        out.response.status = status;
+        out.response.body = std::move(t.body);
+        out.response.headers = std::move(t.headers);
+        return out;
+    }
+    if (status == 404) return fail(Errc::NotFound, status_text + (t.error_body.empty() ? " (not found)" : ""));
     if (transient) return retry(Errc::HttpStatus, status_text);
     if (job.kind == Kind::Head) {
         if (status != 200) return fail(Errc::HttpStatus, status_text);
@@ -450,6 +540,17 @@ Outcome evaluate(Transfer& t, CURLcode code, milliseconds stall_timeout) {
     if (status == 416) return fail(Errc::HttpStatus, status_text + " (range not satisfiable)");
     const std::uint64_t last = job.offset + job.length - 1;
     if (status == 206) {
+        if (t.content_range.empty() && t.body.size() == job.length) {
+            // No Content-Range (the Shelby RPC documents none): the length is all we can check.
+            return succeed(std::move(t.body));
+        }
+        if (t.content_range.empty() && t.body.size() < job.length) {
+            // A complete answer (curl checked it against Content-Length) that
+            // is shorter than asked: the blob ends inside the range. Final.
+            return fail(Errc::HttpStatus, "HTTP 206 without Content-Range carries " + std::to_string(t.body.size()) +
+                                              " of " + std::to_string(job.length) +
+                                              " bytes: the range runs past the end of the object");
+        }
         const auto cr = parse_content_range(t.content_range);
         if (!cr) return retry(Errc::HttpStatus, "HTTP 206 with bad Content-Range '" + t.content_range + "'");
         if (cr->first == job.offset && cr->last == last) {
@@ -530,23 +631,38 @@ struct HttpClient::Impl {
         curl_multi_wakeup(multi_);
     }
 
-    // Validates the headers, then queues a PUT of `source`.
+    // Validates the job's headers, then queues it; fails it if a header is bad.
+    void submit_checked(std::unique_ptr<Job> job) {
+        for (const auto& h : job->options.headers) {
+            if (h.find_first_of("\r\n") != std::string::npos || h.find(':') == std::string::npos) {
+                // Only the name is quoted: a value may be a secret (a bearer token).
+                job->set_error(make_error(Errc::InvalidArgument,
+                                          job->describe() + ": bad header '" + h.substr(0, h.find(':')) + "'"));
+                return;
+            }
+        }
+        if (const auto& sig = job->options.sigv4) {
+            if (sig->region.empty() || sig->service.empty() || sig->access_key_id.empty() ||
+                sig->region.find(':') != std::string::npos || sig->service.find(':') != std::string::npos) {
+                job->set_error(make_error(Errc::InvalidArgument,
+                                          job->describe() + ": SigV4 needs a region, a service and an access key id"));
+                return;
+            }
+            job->sigv4_param = "aws:amz:" + sig->region + ":" + sig->service;
+        }
+        submit(std::move(job));
+    }
+
+    // Queues a PUT of `source`.
     std::future<Result<void>> submit_put(const std::string& url, std::unique_ptr<UploadSource> source,
-                                         std::vector<std::string> headers) {
+                                         RequestOptions options) {
         auto job = std::make_unique<Job>();
         job->kind = Kind::Put;
         job->url = url;
         job->upload = std::move(source);
-        job->extra_headers = std::move(headers);
-        auto& promise = job->promise.emplace<1>();
-        auto future = promise.get_future();
-        for (const auto& h : job->extra_headers) {
-            if (h.find_first_of("\r\n") != std::string::npos || h.find(':') == std::string::npos) {
-                promise.set_value(make_error(Errc::InvalidArgument, job->describe() + ": bad header '" + h + "'"));
-                return future;
-            }
-        }
-        submit(std::move(job));
+        job->options = std::move(options);
+        auto future = job->promise.emplace<1>().get_future();
+        submit_checked(std::move(job));
         return future;
     }
 
@@ -637,7 +753,7 @@ struct HttpClient::Impl {
         }
         try {
             if (t->job->kind == Kind::Range) t->body.reserve(static_cast<std::size_t>(t->job->length));
-            if (t->job->kind == Kind::Put && t->job->header_list == nullptr) build_put_headers(*t->job);
+            if (t->job->header_list == nullptr) build_headers(*t->job);
         } catch (const std::bad_alloc&) {
             release_easy(t->easy);
             t->job->set_error(make_error(Errc::Internal, t->job->describe() + ": out of memory for the body (http-oom)"));
@@ -646,6 +762,10 @@ struct HttpClient::Impl {
         CURL* e = t->easy;
         Transfer* raw = t.get();
         curl_easy_setopt(e, CURLOPT_URL, raw->job->url.c_str());
+        // Send the path as built: S3 keys may hold "." and ".." segments, which
+        // S3 never resolves, and libcurl would otherwise squash them (writing
+        // and reading "a/d" for the key "a/x/../d").
+        curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
         switch (raw->job->kind) {
             case Kind::Range:
@@ -656,20 +776,37 @@ struct HttpClient::Impl {
                 curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
                 break;
             case Kind::Put:
-                curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
-                curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(raw->job->upload->size()));
-                curl_easy_setopt(e, CURLOPT_READFUNCTION, &on_read);
-                curl_easy_setopt(e, CURLOPT_READDATA, raw);
-                curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, &on_seek);
-                curl_easy_setopt(e, CURLOPT_SEEKDATA, raw);
-                curl_easy_setopt(e, CURLOPT_HTTPHEADER, raw->job->header_list);
+                set_upload(e, raw, false);
                 break;
+            case Kind::Call: {
+                const std::string& m = raw->job->method;
+                if (m == "HEAD") {
+                    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+                } else if (m == "PUT") {
+                    set_upload(e, raw, false);
+                } else if (m == "POST") {
+                    set_upload(e, raw, true);
+                } else {
+                    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+                    if (m != "GET") curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m.c_str());
+                }
+                break;
+            }
+        }
+        if (raw->job->header_list != nullptr) curl_easy_setopt(e, CURLOPT_HTTPHEADER, raw->job->header_list);
+        if (const auto& sig = raw->job->options.sigv4) {
+            curl_easy_setopt(e, CURLOPT_AWS_SIGV4, raw->job->sigv4_param.c_str());
+            curl_easy_setopt(e, CURLOPT_USERNAME, sig->access_key_id.c_str());
+            curl_easy_setopt(e, CURLOPT_PASSWORD, sig->secret_access_key.c_str());
         }
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options_.connect_timeout.count()));
         curl_easy_setopt(e, CURLOPT_USERAGENT, options_.user_agent.c_str());
-        // A redirected PUT is a permanent HttpStatus error rather than a
-        // guess at which method and body the new location wants.
-        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, raw->job->kind == Kind::Put ? 0L : 1L);
+        // A redirected PUT/POST/DELETE is a permanent HttpStatus error rather
+        // than a guess at which method and body the new location wants. Signed
+        // requests are not redirected either: the signature covers the host.
+        const bool follow = !raw->job->options.sigv4 && raw->job->kind != Kind::Put &&
+                            (raw->job->kind != Kind::Call || raw->job->method == "GET" || raw->job->method == "HEAD");
+        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, follow ? 1L : 0L);
         curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
 #if LIBCURL_VERSION_NUM >= 0x075500
         curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -711,15 +848,39 @@ struct HttpClient::Impl {
         active_.emplace(e, std::move(t));
     }
 
+    // Body from job->upload (PUT, or POST when `post`); a POST without one sends an empty body.
+    static void set_upload(CURL* e, Transfer* raw, bool post) {
+        const auto size = static_cast<curl_off_t>(raw->job->upload ? raw->job->upload->size() : 0);
+        if (post) {
+            curl_easy_setopt(e, CURLOPT_POST, 1L);
+            curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, size);
+            if (!raw->job->upload) {
+                curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
+                return;
+            }
+        } else {
+            curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+            curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, size);
+        }
+        curl_easy_setopt(e, CURLOPT_READFUNCTION, &on_read);
+        curl_easy_setopt(e, CURLOPT_READDATA, raw);
+        curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, &on_seek);
+        curl_easy_setopt(e, CURLOPT_SEEKDATA, raw);
+    }
+
     // "Expect:" stops curl from waiting for a 100 Continue before large bodies.
-    static void build_put_headers(Job& job) {
+    // Not on signed requests: libcurl 7.88 would sign the empty header it
+    // then does not send, and the signature would never match. Those keep
+    // curl's own Expect: 100-continue (unsigned, as curl adds it itself),
+    // which also lets S3 refuse a bad signature before the body is sent.
+    static void build_headers(Job& job) {
         auto append = [&](const std::string& h) {
             curl_slist* next = curl_slist_append(job.header_list, h.c_str());
             if (next == nullptr) throw std::bad_alloc();
             job.header_list = next;
         };
-        append("Expect:");
-        for (const auto& h : job.extra_headers) append(h);
+        if ((job.upload || job.kind == Kind::Put) && !job.options.sigv4) append("Expect:");
+        for (const auto& h : job.options.headers) append(h);
     }
 
     // Handles every transfer curl reports as done. Returns true if any was.
@@ -794,6 +955,9 @@ struct HttpClient::Impl {
                         break;
                     case Kind::Head:
                         std::get<2>(job->promise).set_value(outcome.length);
+                        break;
+                    case Kind::Call:
+                        std::get<3>(job->promise).set_value(std::move(outcome.response));
                         break;
                 }
                 return;
@@ -880,7 +1044,13 @@ HttpClient::~HttpClient() = default;
 
 std::future<Result<std::string>> HttpClient::read_range(const std::string& url, std::uint64_t offset,
                                                         std::uint64_t length) {
+    return read_range(url, offset, length, RequestOptions{});
+}
+
+std::future<Result<std::string>> HttpClient::read_range(const std::string& url, std::uint64_t offset,
+                                                        std::uint64_t length, RequestOptions options) {
     auto job = std::make_unique<Job>();
+    job->options = std::move(options);
     job->kind = Kind::Range;
     job->url = url;
     job->offset = offset;
@@ -897,23 +1067,24 @@ std::future<Result<std::string>> HttpClient::read_range(const std::string& url, 
                                                                      ": range out of bounds"));
         return future;
     }
-    impl_->submit(std::move(job));
+    impl_->submit_checked(std::move(job));
     return future;
 }
 
-std::future<Result<std::string>> HttpClient::get(const std::string& url) {
+std::future<Result<std::string>> HttpClient::get(const std::string& url, RequestOptions options) {
     auto job = std::make_unique<Job>();
     job->kind = Kind::Whole;
     job->url = url;
+    job->options = std::move(options);
     auto future = std::get<0>(job->promise).get_future();
-    impl_->submit(std::move(job));
+    impl_->submit_checked(std::move(job));
     return future;
 }
 
 std::future<Result<void>> HttpClient::put(const std::string& url, std::shared_ptr<const std::string> body,
                                           std::vector<std::string> headers) {
     if (!body) body = std::make_shared<const std::string>();
-    return impl_->submit_put(url, std::make_unique<BytesSource>(std::move(body)), std::move(headers));
+    return impl_->submit_put(url, std::make_unique<BytesSource>(std::move(body)), RequestOptions{std::move(headers), {}});
 }
 
 std::future<Result<void>> HttpClient::put_file(const std::string& url, const std::string& path,
@@ -924,16 +1095,55 @@ std::future<Result<void>> HttpClient::put_file(const std::string& url, const std
         promise.set_value(make_error(Errc::Io, "PUT " + url + ": " + source.error().message));
         return promise.get_future();
     }
-    return impl_->submit_put(url, std::move(source).value(), std::move(headers));
+    return impl_->submit_put(url, std::move(source).value(), RequestOptions{std::move(headers), {}});
 }
 
-std::future<Result<std::uint64_t>> HttpClient::head(const std::string& url) {
+std::future<Result<std::uint64_t>> HttpClient::head(const std::string& url, RequestOptions options) {
     auto job = std::make_unique<Job>();
     job->kind = Kind::Head;
     job->url = url;
+    job->options = std::move(options);
     auto future = job->promise.emplace<2>().get_future();
-    impl_->submit(std::move(job));
+    impl_->submit_checked(std::move(job));
     return future;
+}
+
+std::future<Result<HttpResponse>> HttpClient::send(HttpRequest request) {
+    auto job = std::make_unique<Job>();
+    job->kind = Kind::Call;
+    job->method = std::move(request.method);
+    job->url = std::move(request.url);
+    job->options = std::move(request.options);
+    auto& promise = job->promise.emplace<3>();
+    auto future = promise.get_future();
+    const std::string& m = job->method;
+    if (m != "GET" && m != "HEAD" && m != "PUT" && m != "POST" && m != "DELETE") {
+        promise.set_value(make_error(Errc::InvalidArgument, m + " " + job->url + ": unsupported method"));
+        return future;
+    }
+    if (!request.body_file.empty()) {
+        auto source = FileSource::open(request.body_file, request.file_offset, request.file_length);
+        if (!source) {
+            promise.set_value(make_error(Errc::Io, m + " " + job->url + ": " + source.error().message));
+            return future;
+        }
+        job->upload = std::move(source).value();
+    } else if (request.body) {
+        job->upload = std::make_unique<BytesSource>(std::move(request.body));
+    }
+    if (job->upload && m != "PUT" && m != "POST") {
+        promise.set_value(make_error(Errc::InvalidArgument, job->describe() + ": only PUT and POST carry a body"));
+        return future;
+    }
+    impl_->submit_checked(std::move(job));
+    return future;
+}
+
+const std::string* HttpResponse::header(std::string_view lowercase_name) const {
+    for (const auto& [name, value] : headers) {
+        if (name == lowercase_name) return &value;
+    }
+    return nullptr;
 }
 
 HttpClient::Stats HttpClient::stats() const { return impl_->stats(); }

@@ -8,6 +8,8 @@
 #include <future>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "shelbyfs/blob_reader.h"
@@ -29,6 +31,48 @@ struct HttpOptions {
     /// Largest body get() accepts, and largest `length` read_range() accepts;
     /// bigger ones fail with Errc::HttpStatus / Errc::InvalidArgument, unretried.
     std::uint64_t max_body_bytes = std::uint64_t{1} << 30;
+};
+
+/// AWS Signature Version 4, computed by libcurl (CURLOPT_AWS_SIGV4). libcurl
+/// 7.88 signs the raw path and the raw query, and every header in
+/// RequestOptions::headers; callers must pre-encode keys, sort the query and
+/// send x-amz-content-sha256 themselves (see s3.cpp).
+struct AwsSigV4 {
+    std::string region;
+    std::string service = "s3";
+    std::string access_key_id;
+    std::string secret_access_key;  ///< never logged
+};
+
+/// Per-request additions, for any request kind.
+struct RequestOptions {
+    /// Extra "Name: value" request headers (signed when sigv4 is set). One
+    /// holding CR/LF or no ':' fails the request with InvalidArgument.
+    std::vector<std::string> headers;
+    std::shared_ptr<const AwsSigV4> sigv4;  ///< null: unsigned
+};
+
+/// The final response to a send().
+struct HttpResponse {
+    long status = 0;
+    std::string body;
+    /// Header names lowercased, values trimmed, in arrival order.
+    std::vector<std::pair<std::string, std::string>> headers;
+    /// The first header named `lowercase_name`, or nullptr.
+    const std::string* header(std::string_view lowercase_name) const;
+};
+
+/// A request of any method. The body, if any, comes from `body` or from the
+/// byte range [file_offset, file_offset + file_length) of `body_file`
+/// (streamed with pread(), re-read on every attempt).
+struct HttpRequest {
+    std::string method = "GET";  ///< GET, HEAD, PUT, POST or DELETE
+    std::string url;
+    RequestOptions options;
+    std::shared_ptr<const std::string> body;
+    std::string body_file;
+    std::uint64_t file_offset = 0;
+    std::uint64_t file_length = UINT64_MAX;  ///< UINT64_MAX: to the end of the file
 };
 
 /// Thread-safe. Owns one I/O thread, started in the constructor and joined in
@@ -54,8 +98,13 @@ public:
     /// completes immediately with an empty string.
     std::future<Result<std::string>> read_range(const std::string& url, std::uint64_t offset,
                                                 std::uint64_t length) override;
+    /// The same, with extra headers or signing. A 206 without Content-Range
+    /// (the Shelby RPC documents none) is accepted when its body has exactly
+    /// `length` bytes.
+    std::future<Result<std::string>> read_range(const std::string& url, std::uint64_t offset, std::uint64_t length,
+                                                RequestOptions options);
     /// GET the whole object (manifests). 404 gives Errc::NotFound.
-    std::future<Result<std::string>> get(const std::string& url);
+    std::future<Result<std::string>> get(const std::string& url, RequestOptions options = {});
 
     /// PUT `body` to `url`. Succeeds only on 200/201/204. Retries transient failures
     /// (connection errors, stalls, 408/429/5xx) like reads, re-sending the whole body.
@@ -79,7 +128,15 @@ public:
     /// HEAD `url`: the Content-Length if 200, Errc::NotFound on 404 (used to skip uploads
     /// of objects that already exist, and to verify an upload landed with the right size).
     /// Other statuses and a 200 without Content-Length give HttpStatus.
-    std::future<Result<std::uint64_t>> head(const std::string& url);
+    std::future<Result<std::uint64_t>> head(const std::string& url, RequestOptions options = {});
+
+    /// Any request. Succeeds with the response on 2xx; 404 gives NotFound;
+    /// 408/429/5xx and transport failures are retried (re-sending the whole
+    /// body); other statuses fail with HttpStatus, the message quoting the
+    /// error body's S3 <Code>/<Message> or JSON "error" when there is one.
+    /// Response bodies above max_body_bytes fail. Redirects are followed for
+    /// GET and HEAD only.
+    std::future<Result<HttpResponse>> send(HttpRequest request);
 
     /// Counters, for logs and tests.
     struct Stats {

@@ -184,7 +184,7 @@ TEST_SUITE("http_client") {
         auto r = wait(client.read_range(server.url("/obj"), 0, 10));
         REQUIRE_FALSE(r.ok());
         CHECK(r.error().code == Errc::HttpStatus);
-        CHECK(r.error().message == "GET " + server.url("/obj") + " bytes=0-9: HTTP 503 after 3 attempts");
+        CHECK(r.error().message == "GET " + server.url("/obj") + " bytes=0-9: HTTP 503 (injected fault) after 3 attempts");
         CHECK(server.requests("/obj") == 3);
         CHECK(client.stats().retries == 2);
     }
@@ -235,7 +235,7 @@ TEST_SUITE("http_client") {
         auto r = wait(client.read_range(server.url("/obj"), 0, 10));
         REQUIRE_FALSE(r.ok());
         CHECK(r.error().code == Errc::HttpStatus);
-        CHECK(r.error().message == "GET " + server.url("/obj") + " bytes=0-9: HTTP 403");
+        CHECK(r.error().message == "GET " + server.url("/obj") + " bytes=0-9: HTTP 403 (injected fault)");
         CHECK(server.requests("/obj") == 1);
     }
 
@@ -594,7 +594,7 @@ TEST_SUITE("http_client") {
         auto r = wait(client.put(server.url("/obj"), shared(pattern(100))));
         REQUIRE_FALSE(r.ok());
         CHECK(r.error().code == Errc::HttpStatus);
-        CHECK(r.error().message == "PUT " + server.url("/obj") + " (100 bytes): HTTP " + std::to_string(status));
+        CHECK(r.error().message == "PUT " + server.url("/obj") + " (100 bytes): HTTP " + std::to_string(status) + " (injected fault)");
         CHECK(server.requests("/obj") == 1);
         CHECK(client.stats().retries == 0);
         CHECK_FALSE(server.object("/obj").has_value());
@@ -609,7 +609,7 @@ TEST_SUITE("http_client") {
         auto r = wait(client.put(server.url("/obj"), shared(pattern(100))));
         REQUIRE_FALSE(r.ok());
         CHECK(r.error().code == Errc::HttpStatus);
-        CHECK(r.error().message == "PUT " + server.url("/obj") + " (100 bytes): HTTP 503 after 3 attempts");
+        CHECK(r.error().message == "PUT " + server.url("/obj") + " (100 bytes): HTTP 503 (injected fault) after 3 attempts");
         CHECK(server.requests("/obj") == 3);
         CHECK(client.stats().retries == 2);
         CHECK_FALSE(server.object("/obj").has_value());
@@ -889,7 +889,7 @@ TEST_SUITE("http_client") {
         REQUIRE_FALSE(r.ok());
         CHECK(r.error().code == Errc::HttpStatus);
         CHECK(r.error().message ==
-              "PUT " + server.url("/obj") + " (100 bytes from " + path + "): HTTP 503 after 2 attempts");
+              "PUT " + server.url("/obj") + " (100 bytes from " + path + "): HTTP 503 (injected fault) after 2 attempts");
         CHECK(server.requests("/obj") == 2);
     }
 
