@@ -14,8 +14,29 @@ std::string usage() {
   shelbyfs pack <src-dir> <out-dir> [--shard-size SIZE] [--block-size SIZE]
                 [--base-url URL] [--progress | --no-progress]
   shelbyfs mount <manifest> <mountpoint> [-f] [-d] [-o opt[,opt...]]
+                 [--config FILE] [--profile NAME]
+  shelbyfs push <out-dir> <dest> [--jobs N] [--progress | --no-progress]
+                [--config FILE] [--profile NAME]
+  shelbyfs verify <manifest> [--jobs N] [--progress | --no-progress]
+                  [--config FILE] [--profile NAME]
   shelbyfs bench [--quick] [--out DIR] [...]   (see shelbyfs bench --help)
   shelbyfs --help | --version
+
+Locations (manifests, shards, --base-url, -o checkpoints=, push destinations):
+  /path or relative/path       local files
+  http://host/path, https://   plain HTTP(S): range GETs; WebDAV PUT for writes
+  s3://bucket/key              S3, Akave O3 or any S3-compatible endpoint, path-
+                               style, SigV4; keys raw as the AWS CLI takes them
+                               (s3://b/data sets/a+b.tar)
+  shelby://<account>/<blob>    a Shelby blob, read from the RPC node; written
+                               through the Shelby S3 gateway or the shelby CLI
+Credentials and endpoints come from the environment (AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL,
+AWS_PROFILE, SHELBY_RPC_URL, SHELBY_API_KEY, SHELBY_ACCOUNT) and from the
+profiles of a TOML file (shelbyfs.toml(5)):
+  --config FILE       default ~/.config/shelbyfs/config.toml (if it exists)
+  --profile NAME      a profile of that file, or a preset: aws, akave,
+                      shelbynet, shelby-local (also -o profile=NAME)
 
 pack: write the files under <src-dir> into tar shards <out-dir>/shard-NNNNNN.tar
 and a manifest <out-dir>/manifest.json recording where every sample sits.
@@ -29,7 +50,7 @@ and a manifest <out-dir>/manifest.json recording where every sample sits.
                       force the progress line on or off (default: on when
                       stderr is a terminal)
 
-mount: present <manifest> (a local path or an http(s):// URL) at <mountpoint>:
+mount: present <manifest> (a path or a URL, see Locations) at <mountpoint>:
   <mountpoint>/samples/<path>   each sample's bytes
   <mountpoint>/shards/<name>    each shard's bytes
   <mountpoint>/checkpoints/     writable: files saved here are uploaded as
@@ -60,15 +81,30 @@ mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint>`.
   -o log_file=PATH    append the daemon's log to PATH (default: discarded
                       unless -f)
   -o debug            verbose log
-  -o checkpoints=LOCATION  where checkpoints are stored: a directory or an
-                      http(s) WebDAV URL (default: checkpoints/ beside the
-                      manifest); 'off' keeps checkpoints/ empty and read-only
+  -o checkpoints=LOCATION  where checkpoints are stored: a directory, an
+                      http(s) WebDAV URL, s3://bucket/prefix/ or
+                      shelby://account/prefix/ (default: checkpoints/ beside
+                      the manifest); 'off' keeps checkpoints/ empty and
+                      read-only
+  -o profile=NAME     as --profile; the profile's cache and spool settings
+                      apply unless given here
   -o spool_dir=DIR    local spool of checkpoint data waiting for upload
                       (default: ~/.cache/shelbyfs/spool)
   -o spool_size=SIZE  most spooled bytes at once; beyond it writes fail
                       with ENOSPC (default 8GiB)
   -o allow_other, allow_root, default_permissions, auto_unmount, fsname=NAME
                       and other FUSE mount options are passed to libfuse
+
+push: upload what `shelbyfs pack` wrote in <out-dir> to <dest> (a location
+prefix, e.g. s3://bucket/datasets/fmnist/): every shard under its name, with
+--jobs N (default 4) in flight and large S3 uploads in parallel parts, then
+<dest>/manifest.json with every location rewritten to its absolute place. A
+shard already there with the right size and content is skipped, so an
+interrupted push can simply be run again; the manifest goes last.
+
+verify: read every shard of <manifest> at its location and check its size,
+every block hash and the whole-shard hash; prints each bad shard and what is
+wrong with it, and exits 1 if any is missing or damaged.
 
 bench: run the benchmark (tools/bench.py of the source tree, with Debian's
 /usr/bin/python3) against this binary: ImageFolder over a local directory vs
@@ -77,8 +113,8 @@ a 1M-sample manifest, with curl and rclone as ceilings and peers. Writes
 bench-out/ (results.json, results.md, chart.svg, report.html).
 
 Sizes take a K, M, G or T suffix (binary: 1K = 1KiB = 1024), e.g. 64MiB.
-Exit status: 0 success, 1 failure (the message says what and where),
-2 command-line usage error.
+Exit status: 0 success, 1 failure (the message says what and where; for
+verify: a missing or damaged shard), 2 command-line usage error.
 )";
 }
 
@@ -165,6 +201,9 @@ std::string apply_mount_option(MountCommand& m, std::string_view opt) {
     } else if (key == "spool_dir") {
         if (need_value()) return "bad -o spool_dir: a path is required";
         m.spool_dir = std::string(value);
+    } else if (key == "profile") {
+        if (need_value()) return "bad -o profile: a profile name is required";
+        m.profile = std::string(value);
     } else if (key == "spool_size") {
         auto v = need_value() ? std::nullopt : parse_size(value);
         if (!v || *v < 1024 * 1024) return "bad -o spool_size: '" + std::string(value) + "' (want a size >= 1MiB)";
@@ -174,6 +213,102 @@ std::string apply_mount_option(MountCommand& m, std::string_view opt) {
         m.fuse_args.emplace_back(opt);
     }
     return {};
+}
+
+// --config FILE / --profile NAME (also --x=value) at args[i]: 1 if taken
+// (i advanced past a separate value), -1 if the value is missing, 0 if args[i]
+// is something else.
+int take_config_flag(const std::vector<std::string_view>& args, std::size_t& i, std::string& config,
+                     std::string& profile) {
+    const std::string_view a = args[i];
+    const std::string_view name = a.substr(0, a.find('='));
+    if (name != "--config" && name != "--profile") return 0;
+    std::string_view value;
+    if (a.find('=') != std::string_view::npos) {
+        value = a.substr(a.find('=') + 1);
+    } else {
+        if (i + 1 >= args.size()) return -1;
+        value = args[++i];
+    }
+    if (value.empty()) return -1;
+    (name == "--config" ? config : profile) = std::string(value);
+    return 1;
+}
+
+// The push and verify command lines: positional arguments, --jobs N,
+// --progress/--no-progress, --config, --profile.
+struct TransferArgs {
+    std::vector<std::string_view> positional;
+    int jobs = 4;
+    Progress progress = Progress::Auto;
+    std::string config;
+    std::string profile;
+};
+
+std::optional<std::string> parse_transfer_args(std::string_view command, const std::vector<std::string_view>& args,
+                                               TransferArgs& out) {
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        const std::string_view a = args[i];
+        if (auto taken = take_config_flag(args, i, out.config, out.profile); taken != 0) {
+            if (taken < 0) return std::string(a.substr(0, a.find('='))) + " needs a value";
+            continue;
+        }
+        if (a == "--jobs" || starts_with(a, "--jobs=") || a == "-j") {
+            std::string_view value;
+            if (a.find('=') != std::string_view::npos) {
+                value = a.substr(a.find('=') + 1);
+            } else if (i + 1 < args.size()) {
+                value = args[++i];
+            }
+            auto v = parse_count(value, 1, 64);
+            if (!v) return "bad --jobs: '" + std::string(value) + "' (want 1..64)";
+            out.jobs = static_cast<int>(*v);
+        } else if (a == "--progress") {
+            out.progress = Progress::Always;
+        } else if (a == "--no-progress") {
+            out.progress = Progress::Never;
+        } else if (starts_with(a, "-") && a.size() > 1) {
+            return std::string(command) + ": unknown option '" + std::string(a) + "'";
+        } else {
+            out.positional.push_back(a);
+        }
+    }
+    return std::nullopt;
+}
+
+ParseResult parse_push(const std::vector<std::string_view>& args) {
+    for (auto a : args)
+        if (a == "-h" || a == "--help") return {HelpCommand{usage()}, {}};
+    TransferArgs t;
+    if (auto err = parse_transfer_args("push", args, t)) return {std::nullopt, *err};
+    if (t.positional.size() != 2)
+        return {std::nullopt, "push: expected <out-dir> <dest-URL>, got " + std::to_string(t.positional.size()) +
+                                  " argument(s)"};
+    PushCommand p;
+    p.out_dir = std::string(t.positional[0]);
+    p.dest = std::string(t.positional[1]);
+    p.jobs = t.jobs;
+    p.progress = t.progress;
+    p.config_path = std::move(t.config);
+    p.profile = std::move(t.profile);
+    return {p, {}};
+}
+
+ParseResult parse_verify(const std::vector<std::string_view>& args) {
+    for (auto a : args)
+        if (a == "-h" || a == "--help") return {HelpCommand{usage()}, {}};
+    TransferArgs t;
+    if (auto err = parse_transfer_args("verify", args, t)) return {std::nullopt, *err};
+    if (t.positional.size() != 1)
+        return {std::nullopt, "verify: expected <manifest>, got " + std::to_string(t.positional.size()) +
+                                  " argument(s)"};
+    VerifyCommand v;
+    v.manifest = std::string(t.positional[0]);
+    v.jobs = t.jobs;
+    v.progress = t.progress;
+    v.config_path = std::move(t.config);
+    v.profile = std::move(t.profile);
+    return {v, {}};
 }
 
 ParseResult parse_mount(const std::vector<std::string_view>& args) {
@@ -189,6 +324,10 @@ ParseResult parse_mount(const std::vector<std::string_view>& args) {
         if (a == "-d") {
             m.foreground = true;
             m.fuse_debug = true;
+            continue;
+        }
+        if (auto taken = take_config_flag(args, i, m.config_path, m.profile); taken != 0) {
+            if (taken < 0) return {std::nullopt, std::string(a.substr(0, a.find('='))) + " needs a value"};
             continue;
         }
         if (a == "-o") {
@@ -208,8 +347,9 @@ ParseResult parse_mount(const std::vector<std::string_view>& args) {
         while (start <= opts.size()) {
             std::size_t comma = opts.find(',', start);
             if (comma == std::string_view::npos) comma = opts.size();
-            if (auto err = apply_mount_option(m, opts.substr(start, comma - start)); !err.empty())
-                return {std::nullopt, err};
+            const std::string_view item = opts.substr(start, comma - start);
+            if (auto err = apply_mount_option(m, item); !err.empty()) return {std::nullopt, err};
+            if (!item.empty()) m.options_given.emplace_back(item);
             start = comma + 1;
         }
     }
@@ -272,6 +412,34 @@ ParseResult parse_pack(const std::vector<std::string_view>& args) {
 
 }  // namespace
 
+std::string apply_profile_options(MountCommand& m, const std::vector<std::pair<std::string, std::string>>& options,
+                                  const std::string& profile_origin) {
+    auto given = [&](std::string_view key) {
+        return std::any_of(m.options_given.begin(), m.options_given.end(), [&](const std::string& o) {
+            return std::string_view(o).substr(0, o.find('=')) == key;
+        });
+    };
+    MountCommand fresh;
+    fresh.manifest = m.manifest;
+    fresh.mountpoint = m.mountpoint;
+    fresh.foreground = m.foreground;
+    fresh.fuse_debug = m.fuse_debug;
+    fresh.config_path = m.config_path;
+    fresh.profile = m.profile;
+    fresh.options_given = m.options_given;
+    for (const auto& [key, value] : options) {
+        // The command line wins, and its cache_size replaces a profile's memory_limit (and back).
+        if (given(key) || ((key == "cache_size" || key == "memory_limit") && (given("cache_size") || given("memory_limit"))))
+            continue;
+        if (auto err = apply_mount_option(fresh, key + "=" + value); !err.empty()) return profile_origin + ": " + err;
+    }
+    for (const auto& item : m.options_given) {
+        if (auto err = apply_mount_option(fresh, item); !err.empty()) return err;
+    }
+    m = std::move(fresh);
+    return {};
+}
+
 ParseResult parse(int argc, char** argv) {
     if (argc < 2) return {std::nullopt, "missing command"};
     std::string_view cmd = argv[1];
@@ -280,6 +448,8 @@ ParseResult parse(int argc, char** argv) {
     if (cmd == "-V" || cmd == "--version") return {VersionCommand{}, {}};
     if (cmd == "mount") return parse_mount(rest);
     if (cmd == "pack") return parse_pack(rest);
+    if (cmd == "push") return parse_push(rest);
+    if (cmd == "verify") return parse_verify(rest);
     if (cmd == "bench") return {BenchCommand{std::vector<std::string>(rest.begin(), rest.end())}, {}};
     return {std::nullopt, "unknown command '" + std::string(cmd) + "'"};
 }

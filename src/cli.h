@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -38,7 +39,16 @@ struct MountCommand {
     std::string cache_dir;  ///< persistent block cache; empty = none
     std::uint64_t disk_cache_size = 10ull << 30;
     std::vector<std::string> fuse_args;  ///< "-o", "opt" pairs passed to libfuse
+    std::string config_path;             ///< --config; empty: the default file
+    std::string profile;                 ///< --profile or -o profile=
+    std::vector<std::string> options_given;  ///< every -o item, in order (to re-apply over a profile)
 };
+
+/// Rebuild `m`'s settings from a profile's mount options, then the command
+/// line's -o items (which win; cache_size and memory_limit replace each
+/// other). Returns an error message, or "" on success.
+std::string apply_profile_options(MountCommand& m, const std::vector<std::pair<std::string, std::string>>& options,
+                                  const std::string& profile_origin);
 
 /// The cache size -o memory_limit=`limit` gives.
 std::uint64_t memory_limit_cache_size(std::uint64_t limit);
@@ -53,12 +63,32 @@ struct HelpCommand {
 
 struct VersionCommand {};
 
+/// `shelbyfs push <out-dir> <dest>`.
+struct PushCommand {
+    std::string out_dir;
+    std::string dest;
+    int jobs = 4;
+    Progress progress = Progress::Auto;
+    std::string config_path;
+    std::string profile;
+};
+
+/// `shelbyfs verify <manifest>`.
+struct VerifyCommand {
+    std::string manifest;
+    int jobs = 4;
+    Progress progress = Progress::Auto;
+    std::string config_path;
+    std::string profile;
+};
+
 /// `shelbyfs bench ARGS...`: runs tools/bench.py with ARGS.
 struct BenchCommand {
     std::vector<std::string> args;
 };
 
-using Command = std::variant<MountCommand, PackCommand, HelpCommand, VersionCommand, BenchCommand>;
+using Command =
+    std::variant<MountCommand, PackCommand, PushCommand, VerifyCommand, HelpCommand, VersionCommand, BenchCommand>;
 
 /// Parse argv. On a usage error returns the message (without "shelbyfs: ").
 struct ParseResult {

@@ -21,6 +21,7 @@
 #include "shelbyfs/blob_reader.h"
 #include "shelbyfs/block_cache.h"
 #include "shelbyfs/checkpoint.h"
+#include "shelbyfs/config.h"
 #include "shelbyfs/disk_cache.h"
 #include "shelbyfs/fetcher.h"
 #include "shelbyfs/filesystem.h"
@@ -30,6 +31,8 @@
 #include "shelbyfs/manifest.h"
 #include "shelbyfs/object_store.h"
 #include "shelbyfs/pack.h"
+#include "shelbyfs/storage.h"
+#include "shelbyfs/transfer.h"
 #include "shelbyfs/units.h"
 
 namespace shelbyfs {
@@ -95,13 +98,25 @@ struct LoadedManifest {
     std::int64_t mtime = 0;
 };
 
-Result<LoadedManifest> load_manifest(const std::string& given, HttpClient& http) {
+// The profile for --config/--profile, its warnings printed.
+Result<Profile> load_storage_profile(const std::string& config_path, const std::string& profile) {
+    ConfigRequest request;
+    request.config_path = config_path;
+    request.profile = profile;
+    auto loaded = load_profile(request);
+    if (!loaded) return std::move(loaded).error();
+    for (const auto& w : loaded->warnings) std::fprintf(stderr, "shelbyfs: warning: %s\n", w.c_str());
+    return loaded;
+}
+
+Result<LoadedManifest> load_manifest(const std::string& given, Storage& storage) {
     LoadedManifest out;
     std::string text;
     if (is_url(given)) {
-        if (given.rfind("http://", 0) != 0 && given.rfind("https://", 0) != 0)
-            return make_error(Errc::InvalidArgument, "manifest " + given + ": unsupported URL scheme (use http:// or https://)");
-        auto body = http.get(given).get();
+        if (!is_supported_scheme(given))
+            return make_error(Errc::InvalidArgument,
+                              "manifest " + given + ": unsupported URL scheme (use http://, https://, s3:// or shelby://)");
+        auto body = storage.read_whole(given);
         if (!body) return make_error(body.error().code, "cannot fetch manifest: " + body.error().message);
         text = std::move(*body);
         out.location = given;
@@ -120,7 +135,16 @@ Result<LoadedManifest> load_manifest(const std::string& given, HttpClient& http)
     return out;
 }
 
-int run_mount(const cli::MountCommand& cmd) {
+int run_mount(cli::MountCommand cmd) {
+    auto profile = load_storage_profile(cmd.config_path, cmd.profile);
+    if (!profile) {
+        print_error(profile.error().message);
+        return cli::kExitFailure;
+    }
+    if (auto err = cli::apply_profile_options(cmd, profile->mount_options, profile->origin); !err.empty()) {
+        print_error(err);
+        return cli::kExitFailure;
+    }
     struct stat st {};
     if (::stat(cmd.mountpoint.c_str(), &st) != 0) {
         print_error("mountpoint " + cmd.mountpoint + ": " + std::strerror(errno));
@@ -178,8 +202,9 @@ int run_mount(const cli::MountCommand& cmd) {
     http_options.stall_timeout = to_ms(cmd.timeout_s);
     http_options.connect_timeout = to_ms(cmd.connect_timeout_s);
     HttpClient http(http_options);
+    Storage storage(http, std::move(*profile));
 
-    auto loaded = load_manifest(cmd.manifest, http);
+    auto loaded = load_manifest(cmd.manifest, storage);
     if (!loaded) return fail(loaded.error().message);
     const Manifest& manifest = loaded->manifest;
 
@@ -192,7 +217,7 @@ int run_mount(const cli::MountCommand& cmd) {
     for (const ShardInfo& s : manifest.shards)
         objects.push_back(ObjectSpec{s.name, resolve_location(loaded->location, s.location), s.size,
                                      manifest.block_size, s.blocks});
-    RoutingReader reader(&http);
+    BlobReader& reader = storage.reader();
     BlockCache cache(cmd.cache_size);
     std::unique_ptr<DiskCache> disk_cache;
     if (!cmd.cache_dir.empty()) {
@@ -230,13 +255,18 @@ int run_mount(const cli::MountCommand& cmd) {
                                                                             : absolute_lexical(cmd.checkpoints))
                                                  : resolve_location(loaded->location, "checkpoints/");
         std::string spool_base = cmd.spool_dir.empty() ? default_spool_dir() : absolute_lexical(cmd.spool_dir);
-        auto opened = open_object_store(location, &http);
+        auto opened = storage.open_store(location);
         Result<std::unique_ptr<Checkpoints>> ck = make_error(Errc::Internal, "not opened");
         if (opened) {
             store = std::move(*opened);
             CheckpointOptions ck_options;
-            // One spool per store, so a crashed mount's uploads resume into the right one.
-            ck_options.spool_dir = spool_base + "/" + ContentHash::of(store->describe()).hex().substr(0, 16);
+            // One spool per store, so a crashed mount's uploads resume into the
+            // right one: the same bucket name at another endpoint is another store.
+            std::string identity = store->describe();
+            if (location.rfind("s3://", 0) == 0) identity += " at " + storage.profile().s3.endpoint;
+            if (location.rfind("shelby://", 0) == 0 && storage.profile().shelby.gateway)
+                identity += " at " + storage.profile().shelby.gateway->endpoint;
+            ck_options.spool_dir = spool_base + "/" + ContentHash::of(identity).hex().substr(0, 16);
             ck_options.spool_size = cmd.spool_size;
             ck_options.block_size = manifest.block_size;
             ck_options.uid = fs_options.uid;
@@ -334,6 +364,64 @@ int run_bench(const cli::BenchCommand& cmd) {
     return cli::kExitFailure;
 }
 
+// A client for one-shot commands: default retries and timeouts.
+int run_push(const cli::PushCommand& cmd) {
+    auto profile = load_storage_profile(cmd.config_path, cmd.profile);
+    if (!profile) {
+        print_error(profile.error().message);
+        return cli::kExitFailure;
+    }
+    HttpClient http;
+    Storage storage(http, std::move(*profile));
+    PushOptions options;
+    options.out_dir = cmd.out_dir;
+    options.dest = cmd.dest;
+    options.jobs = cmd.jobs;
+    options.progress = cmd.progress;
+    auto summary = push(storage, options);
+    if (!summary) {
+        print_error(summary.error().message);
+        return cli::kExitFailure;
+    }
+    const PushSummary& s = *summary;
+    const double rate = s.seconds > 0 ? static_cast<double>(s.bytes_uploaded) / s.seconds : 0;
+    std::printf("pushed %llu shard%s: %llu uploaded (%s, %s/s), %llu already there; manifest: %s\n",
+                static_cast<unsigned long long>(s.shards), s.shards == 1 ? "" : "s",
+                static_cast<unsigned long long>(s.uploaded), format_size(s.bytes_uploaded).c_str(),
+                format_size(static_cast<std::uint64_t>(rate)).c_str(), static_cast<unsigned long long>(s.skipped),
+                s.manifest_location.c_str());
+    return cli::kExitOk;
+}
+
+int run_verify(const cli::VerifyCommand& cmd) {
+    auto profile = load_storage_profile(cmd.config_path, cmd.profile);
+    if (!profile) {
+        print_error(profile.error().message);
+        return cli::kExitFailure;
+    }
+    HttpClient http;
+    Storage storage(http, std::move(*profile));
+    VerifyOptions options;
+    options.manifest = cmd.manifest;
+    options.jobs = cmd.jobs;
+    options.progress = cmd.progress;
+    auto report = verify(storage, options);
+    if (!report) {
+        print_error(report.error().message);
+        return cli::kExitFailure;
+    }
+    for (const auto& p : report->problems) {
+        std::fprintf(stderr, "shelbyfs: verify: BAD %s (%s): %s\n", p.shard.c_str(), p.location.c_str(), p.what.c_str());
+    }
+    const std::uint64_t good = report->shards - report->problems.size();
+    std::printf("verified %llu of %llu shard%s (%s) in %.2f s: %s\n", static_cast<unsigned long long>(good),
+                static_cast<unsigned long long>(report->shards), report->shards == 1 ? "" : "s",
+                format_size(report->bytes).c_str(), report->seconds,
+                report->problems.empty() ? "all good"
+                                         : (std::to_string(report->problems.size()) + " bad").c_str());
+    return report->problems.empty() ? cli::kExitOk : cli::kExitFailure;
+}
+
 int run_pack(const cli::PackCommand& cmd) {
     auto summary = pack(cmd.options);
     if (!summary) {
@@ -375,6 +463,10 @@ int main(int argc, char** argv) {
                     return run_mount(cmd);
                 } else if constexpr (std::is_same_v<T, cli::BenchCommand>) {
                     return run_bench(cmd);
+                } else if constexpr (std::is_same_v<T, cli::PushCommand>) {
+                    return run_push(cmd);
+                } else if constexpr (std::is_same_v<T, cli::VerifyCommand>) {
+                    return run_verify(cmd);
                 } else {
                     return run_pack(cmd);
                 }

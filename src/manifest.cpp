@@ -410,8 +410,9 @@ Result<void> Manifest::validate(std::string_view origin) const {
             return invalid(origin, where, "a shard name must be a single file name (no '/', '.' or '..')");
         if (!shard_names.insert(s.name).second) return invalid(origin, where, "duplicate shard name");
         if (s.location.empty()) return invalid(origin, where, "empty location");
-        if (is_url(s.location) && s.location.rfind("http://", 0) != 0 && s.location.rfind("https://", 0) != 0)
-            return invalid(origin, where, "unsupported location scheme (use http://, https:// or a path)");
+        if (is_url(s.location) && s.location.rfind("http://", 0) != 0 && s.location.rfind("https://", 0) != 0 &&
+            s.location.rfind("s3://", 0) != 0 && s.location.rfind("shelby://", 0) != 0)
+            return invalid(origin, where, "unsupported location scheme (use http://, https://, s3://, shelby:// or a path)");
         std::uint64_t expected = block_count(s.size, block_size);
         if (s.blocks.size() != expected)
             return invalid(origin, where,
@@ -525,7 +526,11 @@ bool is_url(std::string_view location) {
 std::string resolve_location(std::string_view manifest_location, std::string_view location) {
     if (is_url(location)) return std::string(location);
     if (is_url(manifest_location)) {
-        std::string_view base = manifest_location.substr(0, manifest_location.find_first_of("?#"));
+        // Only http(s) URLs have a query or fragment; s3:// and shelby:// keys are raw
+        // and may hold '?' and '#'.
+        const bool http = manifest_location.rfind("http://", 0) == 0 || manifest_location.rfind("https://", 0) == 0;
+        std::string_view base =
+            http ? manifest_location.substr(0, manifest_location.find_first_of("?#")) : manifest_location;
         std::size_t authority = base.find("://") + 3;
         if (!location.empty() && location.front() == '/') {
             std::size_t path_start = base.find('/', authority);

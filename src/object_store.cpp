@@ -405,24 +405,7 @@ bool is_unreserved(char c) {
            c == '_' || c == '~';
 }
 
-// RFC 3986 percent-encoding of a key or prefix: unreserved bytes and '/' kept,
-// every other byte (UTF-8 included) as uppercase %XX.
-std::string encode_key(std::string_view key) {
-    static constexpr char kHex[] = "0123456789ABCDEF";
-    std::string out;
-    out.reserve(key.size());
-    for (const char c : key) {
-        const auto u = static_cast<unsigned char>(c);
-        if (is_unreserved(c) || c == '/') {
-            out += c;
-        } else {
-            out += '%';
-            out += kHex[u >> 4];
-            out += kHex[u & 0xf];
-        }
-    }
-    return out;
-}
+std::string encode_key(std::string_view key) { return uri_encode(key, true); }
 
 int hex_value(char c) {
     if (c >= '0' && c <= '9') return c - '0';
@@ -650,6 +633,30 @@ Result<std::unique_ptr<ObjectStore>> open_local(const std::string& location) {
 }
 
 }  // namespace
+
+std::string uri_encode(std::string_view text, bool keep_slash) {
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string out;
+    out.reserve(text.size());
+    for (const char c : text) {
+        const auto u = static_cast<unsigned char>(c);
+        if (is_unreserved(c) || (keep_slash && c == '/')) {
+            out += c;
+        } else {
+            out += '%';
+            out += kHex[u >> 4];
+            out += kHex[u & 0xf];
+        }
+    }
+    return out;
+}
+
+Result<void> check_object_key(const std::string& key, const std::string& base) { return check_key(key, base); }
+Result<void> check_list_prefix(const std::string& prefix, const std::string& base) {
+    return check_prefix(prefix, base);
+}
+bool is_listable_key_name(std::string_view name) { return is_listable_name(name); }
+std::string printable_key(std::string_view key) { return printable(key); }
 
 Result<std::unique_ptr<ObjectStore>> open_object_store(const std::string& location, HttpClient* http) {
     if (location.empty()) return make_error(Errc::InvalidArgument, "object store location is empty");

@@ -292,62 +292,6 @@ Result<void> write_file_synced(const std::string& path, std::string_view content
     return {};
 }
 
-// One status line on stderr, redrawn at most every kRedraw.
-class ProgressLine {
-public:
-    ProgressLine(bool enabled, std::uint64_t total_files, std::uint64_t total_bytes)
-        : enabled_(enabled), total_files_(total_files), total_bytes_(total_bytes) {}
-    ~ProgressLine() { finish(); }
-    ProgressLine(const ProgressLine&) = delete;
-    ProgressLine& operator=(const ProgressLine&) = delete;
-
-    void add_bytes(std::uint64_t n) {
-        bytes_ += n;
-        tick();
-    }
-    void add_file() {
-        ++files_;
-        tick();
-    }
-    // Draw the final state and end the line, so later messages start on a fresh one.
-    void finish() {
-        if (!enabled_) return;
-        draw(Clock::now());
-        std::fputc('\n', stderr);
-        std::fflush(stderr);
-        enabled_ = false;
-    }
-
-private:
-    // Four redraws a second read smoothly without costing measurable time.
-    static constexpr auto kRedraw = std::chrono::milliseconds(250);
-
-    void tick() {
-        if (!enabled_) return;
-        auto now = Clock::now();
-        if (now - last_draw_ < kRedraw) return;
-        draw(now);
-    }
-
-    void draw(Clock::time_point now) {
-        last_draw_ = now;
-        double seconds = std::chrono::duration<double>(now - start_).count();
-        double rate = seconds > 0 ? static_cast<double>(bytes_) / (1024.0 * 1024.0) / seconds : 0.0;
-        std::fprintf(stderr, "\r\033[Kpacking: %llu/%llu files, %s/%s, %.1f MiB/s",
-                     static_cast<unsigned long long>(files_), static_cast<unsigned long long>(total_files_),
-                     format_size(bytes_).c_str(), format_size(total_bytes_).c_str(), rate);
-        std::fflush(stderr);
-    }
-
-    bool enabled_;
-    std::uint64_t total_files_;
-    std::uint64_t total_bytes_;
-    std::uint64_t files_ = 0;
-    std::uint64_t bytes_ = 0;
-    Clock::time_point start_ = Clock::now();
-    Clock::time_point last_draw_ = start_;
-};
-
 std::string shard_name(std::size_t index) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "shard-%06zu.tar", index);
@@ -407,9 +351,7 @@ Result<PackSummary> pack_impl(const PackOptions& options) {
     OutputFiles output(options.out_dir);
     if (auto ok = output.make_dir(); !ok) return std::move(ok).error();
 
-    bool show_progress = options.progress == Progress::Always ||
-                         (options.progress == Progress::Auto && ::isatty(STDERR_FILENO) == 1);
-    ProgressLine progress(show_progress, files.size(), total_bytes);
+    ProgressLine progress(progress_enabled(options.progress), "packing", "files", files.size(), total_bytes);
     const ShardWriter::DataCallback on_data = [&progress](std::uint64_t n) { progress.add_bytes(n); };
 
     Manifest manifest;
@@ -461,7 +403,7 @@ Result<PackSummary> pack_impl(const PackOptions& options) {
                                               placement->offset, size, placement->hash});
         ++summary.files;
         summary.bytes += size;
-        progress.add_file();
+        progress.add_item();
     }
     if (writer) {
         if (auto ok = finish_shard(); !ok) return std::move(ok).error();

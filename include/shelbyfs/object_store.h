@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "shelbyfs/result.h"
@@ -53,6 +54,19 @@ public:
     /// or links in an HTML index; nginx's autoindex omits names starting with '.'.
     virtual Result<std::vector<std::string>> list(const std::string& prefix) = 0;
 };
+
+/// RFC 3986 percent-encoding: keeps A-Z a-z 0-9 - . _ ~ (and '/' if
+/// `keep_slash`), writes every other byte as %XX with uppercase hex.
+std::string uri_encode(std::string_view text, bool keep_slash);
+
+/// The key rules above, for store implementations: InvalidArgument naming
+/// the key and `base` if `key` (or a list() `prefix`) breaks them.
+Result<void> check_object_key(const std::string& key, const std::string& base);
+Result<void> check_list_prefix(const std::string& prefix, const std::string& base);
+/// A name list() may return: one valid segment, not a local temp file.
+bool is_listable_key_name(std::string_view name);
+/// `key` for messages, control bytes shown as \xNN.
+std::string printable_key(std::string_view key);
 
 /// Open the store at `location`: an http(s):// URL (a trailing '/' is added
 /// if missing) or a local directory path (created, with parents, by the

@@ -5,11 +5,10 @@
 #include <string>
 
 #include "shelbyfs/manifest.h"
+#include "shelbyfs/progress.h"
 #include "shelbyfs/result.h"
 
 namespace shelbyfs {
-
-enum class Progress { Auto, Never, Always };
 
 struct PackOptions {
     std::string src_dir;

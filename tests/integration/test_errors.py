@@ -228,7 +228,9 @@ class StartupErrorTests(unittest.TestCase):
 
     def test_usage_errors_exit_2(self):
         for args in ([], ['mount'], ['mount', 'only-one-arg'], ['frobnicate'],
-                     ['pack', 'only-src']):
+                     ['pack', 'only-src'], ['push', 'only-dir'], ['verify'], ['verify', 'a', 'b'],
+                     ['verify', 'm.json', '--jobs', '0'], ['mount', 'm.json', 'mnt', '--profile'],
+                     ['push', 'a', 'b', '--frob']):
             with self.subTest(args=args):
                 r = subprocess.run([testlib.shelbyfs_bin(), *args], capture_output=True, text=True,
                                    timeout=30)
@@ -241,6 +243,124 @@ class StartupErrorTests(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn('no-such-src', r.stderr)
         self.assertFalse(os.path.exists(os.path.join(out, 'manifest.json')))
+
+
+class ConfigErrorTests(unittest.TestCase):
+    """--config/--profile problems: exit 1, one line naming the file, key or profile."""
+
+    run_mount = StartupErrorTests.run_mount
+
+    def write_config(self, text, mode=0o600):
+        path = os.path.join(G['tmp'], f'config-{len(text)}-{time.monotonic_ns()}.toml')
+        with open(path, 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.chmod(path, mode)
+        self.addCleanup(os.remove, path)
+        return path
+
+    def manifest(self):
+        return os.path.join(G['out'], 'manifest.json')
+
+    def test_missing_config_file(self):
+        path = os.path.join(G['tmp'], 'no-such-config.toml')
+        line = self.run_mount(self.manifest(), args=['--config', path])
+        self.assertIn('no-such-config.toml', line)
+
+    def test_unknown_profile_lists_presets(self):
+        cfg = self.write_config('[profiles.mine]\nregion = "eu-west-1"\n')
+        line = self.run_mount(self.manifest(), args=['--config', cfg, '-o', 'profile=nope'])
+        self.assertIn('nope', line)
+        for name in ('mine', 'akave', 'shelbynet'):
+            self.assertIn(name, line)
+
+    def test_bad_key_names_file_line_and_key(self):
+        cfg = self.write_config('[profiles.p]\nregion = "x"\nbogus_key = 1\n')
+        line = self.run_mount(self.manifest(), args=['--config', cfg, '--profile', 'p'])
+        self.assertIn(f'{cfg}:3', line)
+        self.assertIn('bogus_key', line)
+
+    def test_bad_mount_option_in_profile_names_profile(self):
+        cfg = self.write_config('[profiles.p]\ncache_size = "lots"\n')
+        line = self.run_mount(self.manifest(), args=['--config', cfg, '--profile', 'p'])
+        self.assertIn('[profiles.p]', line)
+        self.assertIn('cache_size', line)
+
+    def test_profile_settings_apply_and_command_line_wins(self):
+        """A profile's memory_limit is replaced by -o cache_size; its spool_dir is used."""
+        spool = os.path.join(G['tmp'], 'profile-spool')
+        cfg = self.write_config(f'[profiles.p]\nmemory_limit = "64MiB"\nspool_dir = "{spool}"\n')
+        mnt = tempfile.mkdtemp(prefix='shelbyfs-profile-mnt-', dir=G['tmp'])
+        log = os.path.join(G['tmp'], 'profile-mount.log')
+        store = os.path.join(G['tmp'], 'profile-store')
+        with testlib.Mount(self.manifest(), mnt, options=[f'cache_size=8MiB,log_file={log},checkpoints={store}'],
+                           extra_args=['--config', cfg, '--profile', 'p']):
+            with open(os.path.join(mnt, 'checkpoints', 'c.bin'), 'wb') as f:
+                f.write(b'x' * 1000)
+        with open(log, encoding='utf-8') as f:
+            text = f.read()
+        self.assertIn('cache 8.0 MiB', text)
+        self.assertIn(f'spool {spool}', text)
+
+    def test_world_readable_secret_warns_without_printing_it(self):
+        secret = 'sEcReT-value-123'
+        cfg = self.write_config(f'[profiles.p]\naccess_key_id = "AKID"\nsecret_access_key = "{secret}"\n',
+                                mode=0o644)
+        r = subprocess.run([testlib.shelbyfs_bin(), 'verify', self.manifest(), '--config', cfg,
+                            '--profile', 'p', '--no-progress'], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn('readable by others', r.stderr)
+        self.assertIn('chmod 600', r.stderr)
+        self.assertNotIn(secret, r.stderr + r.stdout)
+
+    def test_unsupported_manifest_scheme(self):
+        line = self.run_mount('ftp://127.0.0.1/manifest.json')
+        self.assertIn('unsupported URL scheme', line)
+
+
+class VerifyTests(unittest.TestCase):
+    """`shelbyfs verify` on local shards: exit 0 when intact, 1 naming each bad shard."""
+
+    def verify(self, manifest):
+        r = subprocess.run([testlib.shelbyfs_bin(), 'verify', manifest, '--no-progress'],
+                           capture_output=True, text=True, timeout=120)
+        return r.returncode, r.stdout, r.stderr
+
+    def test_intact(self):
+        rc, out, err = self.verify(os.path.join(G['out'], 'manifest.json'))
+        self.assertEqual(rc, 0, err)
+        n = len(G['manifest']['shards'])
+        self.assertIn(f'verified {n} of {n} shards', out)
+        self.assertIn('all good', out)
+
+    def test_damaged_and_missing_shards_are_named(self):
+        d = fresh_copy('verify-damaged')
+        shards = G['manifest']['shards']
+        damaged, missing = shards[1], shards[2]
+        with open(os.path.join(d, damaged['location']), 'r+b') as f:
+            f.seek(damaged['size'] // 2)
+            b = f.read(1)
+            f.seek(damaged['size'] // 2)
+            f.write(bytes([b[0] ^ 0xFF]))
+        os.remove(os.path.join(d, missing['location']))
+        rc, out, err = self.verify(os.path.join(d, 'manifest.json'))
+        self.assertEqual(rc, 1, err)
+        bad = [line for line in err.splitlines() if line.startswith('shelbyfs: verify: BAD ')]
+        self.assertEqual(len(bad), 2, err)
+        self.assertIn(damaged['name'], bad[0])
+        self.assertIn('damaged', bad[0])
+        self.assertIn(missing['name'], bad[1])
+        self.assertIn('missing', bad[1])
+        self.assertIn(f'{len(shards) - 2} of {len(shards)}', out)
+
+    def test_truncated_shard_is_named(self):
+        d = fresh_copy('verify-truncated')
+        shard = G['manifest']['shards'][0]
+        with open(os.path.join(d, shard['location']), 'r+b') as f:
+            f.truncate(shard['size'] - 1)
+        rc, _, err = self.verify(os.path.join(d, 'manifest.json'))
+        self.assertEqual(rc, 1, err)
+        self.assertIn(shard['name'], err)
+        self.assertIn(f'size {shard["size"] - 1} bytes', err)
 
 
 class RuntimeErrorTests(unittest.TestCase):
