@@ -193,7 +193,7 @@ struct Where {
 std::optional<std::string> scalar_text(const toml::node& node) {
     if (auto s = node.as_string()) return s->get();
     if (auto i = node.as_integer()) return std::to_string(i->get());
-    if (auto b = node.as_boolean()) return std::string(b->get() ? "true" : "false");
+    // No booleans: "checkpoints = true" would name a directory "true".
     if (auto d = node.as_floating_point()) {
         char buf[64];
         auto r = std::to_chars(buf, buf + sizeof buf, d->get());
@@ -298,6 +298,8 @@ Result<ProfileSpec> parse_profile(const Where& w, const std::string& name, const
                             "only one of " + std::string(desc->name) + " and " + std::string(desc->name) +
                                 "_env may be set");
             if (is_env && value.empty()) return w.at(node.source(), k, "expected a variable name, got an empty string");
+            if (!is_env && value.empty() && (desc->kind == Kind::Credential || desc->kind == Kind::Secret))
+                return w.at(node.source(), k, "must not be empty (leave the key out for anonymous requests)");
             if (!is_env) {
                 if (desc->kind == Kind::Url) {
                     auto url = normalize_url(value);
@@ -584,6 +586,11 @@ Result<Profile> load_profile(const ConfigRequest& request) {
     else if (auto d = env("AWS_DEFAULT_REGION"); !d.empty()) s3.region = d;
     else if (p_region) s3.region = *p_region;
     else s3.region = "us-east-1";
+    if (p_region && *p_region != s3.region) {
+        // The documented precedence, but a likely mistake: Akave signs only with its own region.
+        out.warnings.push_back("the environment's region " + s3.region + " overrides " + *p_region + " of " +
+                               out.origin + " (unset AWS_REGION / AWS_DEFAULT_REGION to use it)");
+    }
 
     if (auto v = env("AWS_ENDPOINT_URL"); !v.empty()) {
         auto url = normalize_url(v);

@@ -9,6 +9,7 @@
 #include <charconv>
 #include <cstring>
 #include <deque>
+#include <random>
 
 #include "shelbyfs/log.h"
 #include "shelbyfs/units.h"
@@ -74,6 +75,16 @@ bool valid_bucket(std::string_view b) {
         return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
                c == '_';
     });
+}
+
+// 16 random hex digits.
+std::string random_token() {
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::random_device device;
+    std::uint64_t v = (std::uint64_t{device()} << 32) ^ device();
+    std::string out;
+    for (int i = 0; i < 16; ++i, v >>= 4) out += kHex[v & 0xf];
+    return out;
 }
 
 std::string s3_name(const std::string& bucket, const std::string& key) {
@@ -305,6 +316,10 @@ Result<void> S3Client::put_multipart(const std::string& bucket, const std::strin
     create.url = object_url(bucket, key) + "?" + canonical_query({{"uploads", ""}});
     auto create_headers = headers;
     create_headers.emplace_back("Content-Type: application/octet-stream");
+    // Marks this very upload, so a complete whose answer is lost can be told
+    // apart from an older object of the same size under the same key.
+    const std::string upload_token = random_token();
+    create_headers.push_back("x-amz-meta-shelbyfs-upload: " + upload_token);
     create.options = options(std::move(create_headers));
     auto created = call(std::move(create));
     if (!created) {
@@ -392,9 +407,10 @@ Result<void> S3Client::put_multipart(const std::string& bucket, const std::strin
     const std::string why = done ? xml_first(done->body, "Code") + ": " + xml_first(done->body, "Message")
                                  : done.error().message;
     auto head_now = head(bucket, key);
-    if (head_now && head_now->size == size) {
+    const std::string* token = head_now ? head_now->meta("shelbyfs-upload") : nullptr;
+    if (head_now && head_now->size == size && token != nullptr && *token == upload_token) {
         log::warn("s3", "multipart upload of " + name + ": complete reported '" + why +
-                            "', but the object is there with the right size; accepting it");
+                            "', but this upload is there (size and upload token match); accepting it");
         multipart_uploads_.fetch_add(1, std::memory_order_relaxed);
         return {};
     }

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -122,8 +123,14 @@ public:
             // Blob names are immutable: an existing one is fine only if it
             // holds exactly these bytes (a rerun), never silently kept otherwise.
             auto existing = reader_.get(location(key));
+            if (!existing) {
+                return make_error(existing.error().code, "upload of " + location(key) +
+                                                             ": the CLI says it exists, but reading it back failed: " +
+                                                             existing.error().message);
+            }
             auto local = read_local_file(path);
-            if (existing && local && *existing == *local) return {};
+            if (!local) return make_error(local.error().code, "upload of " + location(key) + ": " + local.error().message);
+            if (*existing == *local) return {};
             return make_error(Errc::Exists, "upload of " + location(key) +
                                                 ": a different blob already has that name, and Shelby blobs cannot "
                                                 "be overwritten (delete it with the shelby CLI, or use another prefix)");
@@ -182,6 +189,8 @@ Result<ShelbyUrl> parse_shelby_url(std::string_view url) {
     const auto slash = rest.find('/');
     ShelbyUrl out;
     out.account = std::string(rest.substr(0, slash));
+    // Addresses are case-insensitive hex; the RPC and the gateway use lowercase.
+    for (char& c : out.account) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (slash != std::string_view::npos) out.name = std::string(rest.substr(slash + 1));
     const bool hex_ok = out.account.size() > 2 && out.account.size() <= 66 && out.account.compare(0, 2, "0x") == 0 &&
                         std::all_of(out.account.begin() + 2, out.account.end(), is_hex);

@@ -57,7 +57,8 @@ struct ShelbySettings {
     /// configured. load_profile() gives it the S3 multipart settings and the
     /// x-amz-meta-expiration-seconds put header.
     std::optional<S3Settings> gateway;
-    /// The `shelby` CLI used for writes when no gateway is configured; empty: do not use it.
+    /// The `shelby` CLI used for writes (push) when no gateway is configured;
+    /// empty: `shelby` from PATH, if there is one.
     std::string cli;
     std::string cli_context;  ///< passed as --context when not empty
     std::uint64_t expiration_seconds = 30ull * 24 * 3600;  ///< blob lifetime on upload

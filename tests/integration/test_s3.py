@@ -342,6 +342,31 @@ class T3Checkpoints(S3Case):
         self.assertNotIn(PREFIX + 'failing-store/objects/' + fail_hash, keys)
 
 
+class T3bPagedIndex(S3Case):
+    def test_fresh_mount_reads_an_index_listed_over_several_pages(self):
+        """A store whose index/ takes several ListObjectsV2 pages (the proxy pages by 4,
+        as S3 pages by 1000): a fresh mount must follow the continuation tokens."""
+        with ts3.S3Server(self.scratch('paged-s3'), buckets=('paged',), list_page_size=4) as srv:
+            env = dict(G['env'], **srv.env())
+            store = 's3://paged/run 1/ck+pt/'
+            local_manifest = os.path.join(G['out'], 'manifest.json')
+            files = {f'step {i:02d}.pt': os.urandom(1000 + i) for i in range(11)}
+            with self.mount(local_manifest, options=[f'checkpoints={store}'], env=env) as m:
+                for name, data in files.items():
+                    with open(m.path('checkpoints/' + name), 'wb') as f:
+                        f.write(data)
+            records = srv.list_keys('paged', 'run 1/ck+pt/index/')
+            self.assertEqual(len(records), len(files), records)
+            srv.clear_log()
+            with self.mount(local_manifest, options=[f'checkpoints={store}'], env=env) as m:
+                self.assertEqual(sorted(os.listdir(m.path('checkpoints'))), ['.versions', *sorted(files)])
+                for name, data in files.items():
+                    self.assertEqual(testlib.read_file(m.path('checkpoints/' + name)), data, name)
+            pages = [e for e in srv.log if 'list-type=2' in e['query'] and 'index' in e['query']]
+            self.assertGreaterEqual(len(pages), 3, pages)
+            self.assertTrue(any('continuation-token=' in e['query'] for e in pages), pages)
+
+
 class T4PushResume(S3Case):
     def test_interrupted_push_resumes(self):
         src, out = self.scratch('src'), self.scratch('out')

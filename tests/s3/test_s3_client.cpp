@@ -379,6 +379,71 @@ TEST_SUITE("s3") {
         CHECK(h.error().code == Errc::NotFound);
     }
 
+    TEST_CASE("list follows continuation tokens across pages") {
+        // s3rver answers 500 to any truncated listing, so the proxy pages it (7 per page).
+        S3Env env({"--bucket", "bucket", "--list-page-size", "7"});
+        Client good(env.settings());
+        std::vector<std::string> keys;
+        for (int i = 0; i < 23; ++i) {
+            keys.push_back("paged/k " + std::to_string(100 + i) + "+&.bin");
+            REQUIRE(good.s3.put_bytes(kBucket, keys.back(), std::to_string(i)).ok());
+        }
+        REQUIRE(good.s3.put_bytes(kBucket, "paged/sub/x", "x").ok());
+        env.clear_log();
+        auto all = good.s3.list(kBucket, "paged/");
+        REQUIRE_MESSAGE(all.ok(), (all.ok() ? "" : all.error().message));
+        REQUIRE(all->size() == 24);
+        for (std::size_t i = 0; i < keys.size(); ++i) CHECK((*all)[i].key == keys[i]);
+        // 24 entries in pages of 7: four requests, the last three with a token.
+        const auto log = env.log();
+        CHECK(count_if(log, [](const auto& e) { return e["method"] == "GET" && contains(q(e), "list-type=2"); }) == 4);
+        CHECK(count_if(log, [](const auto& e) { return contains(q(e), "continuation-token=page-"); }) == 3);
+        // With a delimiter the common prefix counts as one entry, and the store sees only the files.
+        std::vector<std::string> prefixes;
+        auto top = good.s3.list(kBucket, "paged/", "/", &prefixes);
+        REQUIRE(top.ok());
+        CHECK(top->size() == 23);
+        CHECK(prefixes == std::vector<std::string>{"paged/sub/"});
+        auto store = make_s3_store(good.s3, S3Url{kBucket, "paged/"});
+        auto names = store->list("");
+        REQUIRE(names.ok());
+        CHECK(names->size() == 23);
+    }
+
+    TEST_CASE("multipart complete: a lost answer is accepted only for this very upload") {
+        auto& env = S3Env::shared();
+        ScratchDir tmp;
+        S3Settings settings = env.settings();
+        settings.multipart_threshold = 5u << 20;
+        settings.part_size = 5u << 20;
+        Client good(settings, 1);
+        const std::string key = "mp/complete lost+1.bin";
+        const std::string old_data = pattern((11u << 20) + 3, 21);
+        const std::string new_data = pattern((11u << 20) + 3, 22);  // same size, other bytes
+        REQUIRE(good.s3.put_file(kBucket, key, write_file(tmp.file("old.bin"), old_data)).ok());
+
+        SUBCASE("the complete fails for good: an error, the older object of the same size is not claimed") {
+            env.inject({{"method", "POST"}, {"query_contains", "uploadId="}, {"status", 500}, {"count", 20}});
+            auto r = good.s3.put_file(kBucket, key, write_file(tmp.file("new.bin"), new_data));
+            env.clear_injections();
+            REQUIRE_FALSE(r.ok());
+            CHECK_MESSAGE(contains(r.error().message, "complete"), r.error().message);
+            auto back = good.s3.get(kBucket, key);
+            REQUIRE(back.ok());
+            CHECK(*back == old_data);
+        }
+        SUBCASE("s3rver completed it but the answer was lost: the upload token proves it landed") {
+            env.inject({{"method", "POST"}, {"query_contains", "uploadId="}, {"status", 500}, {"count", 1},
+                        {"mode", "lost"}});
+            auto r = good.s3.put_file(kBucket, key, write_file(tmp.file("new.bin"), new_data));
+            env.clear_injections();
+            REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+            auto back = good.s3.get(kBucket, key);
+            REQUIRE(back.ok());
+            CHECK(*back == new_data);
+        }
+    }
+
     TEST_CASE("Shelby store through the S3 gateway: bucket = account, shelby:// locations") {
         auto& env = S3Env::shared();
         ScratchDir tmp;
@@ -778,7 +843,7 @@ TEST_SUITE("s3") {
 
 namespace {
 
-const std::string kAccount = "0x" + std::string("0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789abcdef");
+const std::string kAccount = "0x" + std::string("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
 
 struct Rpc {
     explicit Rpc(std::vector<std::string> args = {}) : server("testlib.shelby_rpc", std::move(args)) {}
@@ -890,6 +955,11 @@ TEST_SUITE("shelby") {
         REQUIRE(ok.ok());
         CHECK(ok->account == kAccount);
         CHECK(ok->name == "a/b c");
+        // Addresses are hex: uppercase digits are taken as lowercase, what the RPC serves.
+        auto upper = shelbyfs::parse_shelby_url("shelby://0xABCdef/Name");
+        REQUIRE(upper.ok());
+        CHECK(upper->account == "0xabcdef");
+        CHECK(upper->name == "Name");
         auto short_acct = shelbyfs::parse_shelby_url("shelby://0x1/x");
         REQUIRE(short_acct.ok());
         CHECK(short_acct->account == "0x1");

@@ -572,7 +572,7 @@ cache_size = "4GiB"
 region = "r"
 prefetch = 4
 cache_dir = "/var/cache/shelbyfs"
-checkpoints = true
+checkpoints = "s3://bucket/ck/"
 log_file = "/tmp/s.log"
 )",
                         "x");
@@ -582,8 +582,30 @@ log_file = "/tmp/s.log"
                                        {"cache_size", "4GiB"},
                                        {"prefetch", "4"},
                                        {"cache_dir", "/var/cache/shelbyfs"},
-                                       {"checkpoints", "true"},
+                                       {"checkpoints", "s3://bucket/ck/"},
                                        {"log_file", "/tmp/s.log"}});
+    }
+
+    TEST_CASE("booleans are refused for mount options; empty credentials are refused") {
+        Fixture f;
+        auto b = f.load("[profiles.x]\ncheckpoints = true\n", "x");
+        REQUIRE_FALSE(b.ok());
+        CHECK(contains(b.error().message, ":2:"));
+        CHECK(contains(b.error().message, "checkpoints"));
+        auto e = f.load("[profiles.x]\naccess_key_id = \"\"\nsecret_access_key = \"s\"\n", "x");
+        REQUIRE_FALSE(e.ok());
+        CHECK(contains(e.error().message, "access_key_id"));
+        CHECK(contains(e.error().message, "must not be empty"));
+    }
+
+    TEST_CASE("an environment region overriding a profile's region draws a warning") {
+        Fixture f;
+        f.env["AWS_REGION"] = "us-east-1";
+        auto p = f.load("[profiles.x]\npreset = \"akave\"\n", "x");
+        REQUIRE(p.ok());
+        CHECK(p->s3.region == "us-east-1");
+        REQUIRE(p->warnings.size() == 1);
+        CHECK(contains(p->warnings[0], "overrides akave-network"));
     }
 
     TEST_CASE("a trailing slash on endpoints is stripped") {

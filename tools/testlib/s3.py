@@ -67,7 +67,9 @@ Fault injection (after a request passed verification): `inject()` makes the next
 (mode='reset') breaks the connection mid-way: an upload is half read and the
 connection closed without a response; a download is forwarded and the client
 gets the status line, headers and half of the body before the connection is
-closed. `delay` sleeps before either.
+closed; (mode='lost') the request is forwarded and done by s3rver, but the
+client gets `status` instead of the answer (a reply lost on the way back).
+`delay` sleeps before any of them.
 
 Standalone, for the C++ tests (PYTHONPATH=tools):
     /usr/bin/python3 -m testlib.s3 serve --dir D [--bucket B ...] [--session-token T]
@@ -274,8 +276,8 @@ def parse_authorization(value):
 class _Injection:
     def __init__(self, method=None, path_contains=None, query_contains=None, status=503,
                  count=1, mode='status', code=None, delay=0.0):
-        if mode not in ('status', 'reset'):
-            raise ValueError(f'inject: mode must be "status" or "reset", not {mode!r}')
+        if mode not in ('status', 'reset', 'lost'):
+            raise ValueError(f'inject: mode must be "status", "reset" or "lost", not {mode!r}')
         self.method = method.upper() if method else None
         self.path_contains, self.query_contains = path_contains, query_contains
         self.status, self.count, self.mode, self.delay = int(status), int(count), mode, float(delay)
@@ -417,15 +419,22 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             entry['accepted'] = True
             inj = owner._take_injection(self.command, raw_path, raw_query)
             if inj is not None:
-                entry['reason'] = 'injected reset' if inj.mode == 'reset' else f'injected status {inj.status}'
+                entry['reason'] = ('injected reset' if inj.mode == 'reset' else
+                                   f'injected status {inj.status} after forwarding' if inj.mode == 'lost' else
+                                   f'injected status {inj.status}')
                 if inj.delay:
                     time.sleep(inj.delay)
                 if inj.mode == 'status':
                     entry['status'] = inj.status
                     self._reject(_Reject(inj.status, inj.code, f'Injected fault ({inj.code})'))
                     return
+            if (owner.list_page_size and self.command == 'GET' and raw_path.count('/') == 1
+                    and ('list-type', '2') in query_params(raw_query)):
+                entry['status'] = self._paged_list(raw_path, raw_query, auth, owner.list_page_size)
+                return
             entry['status'] = self._forward(raw_path, raw_query, auth, entry,
-                                            reset=inj is not None and inj.mode == 'reset')
+                                            reset=inj is not None and inj.mode == 'reset',
+                                            lost=inj if inj is not None and inj.mode == 'lost' else None)
         except _Reject as rej:
             entry['reason'] = rej.reason
             entry['status'] = self._reject(rej)
@@ -556,7 +565,68 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                         f"aws4_request, SignedHeaders={';'.join(auth['signed_headers'])}, Signature={sig}"))
         return out
 
-    def _forward(self, raw_path, raw_query, auth, entry, reset=False):
+    def _paged_list(self, raw_path, raw_query, auth, page_size):
+        """ListObjectsV2 in pages of page_size (keys and common prefixes together,
+        in key order, as S3 counts them); the token is opaque to clients."""
+        owner = self.server.owner
+        params = query_params(raw_query)
+        token = dict(params).get('continuation-token')
+        up = sorted((k, v) for k, v in params if k in ('list-type', 'prefix', 'delimiter'))
+        up_query = '&'.join(f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
+                            for k, v in up)
+        conn = http.client.HTTPConnection('127.0.0.1', owner.s3rver_port, timeout=120)
+        try:
+            conn.putrequest('GET', raw_path + '?' + up_query, skip_host=True, skip_accept_encoding=True)
+            for k, v in self._upstream_headers(raw_path, up_query, auth):
+                conn.putheader(k, v)
+            conn.endheaders()
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            self._send_simple(resp.status, body)
+            return resp.status
+        root = ET.fromstring(body)
+        ns = root.tag[:root.tag.index('}') + 1] if root.tag.startswith('{') else ''
+        items = [(c.findtext(ns + 'Key'), c) for c in root.findall(ns + 'Contents')]
+        items += [(p.findtext(ns + 'Prefix'), None) for p in root.findall(ns + 'CommonPrefixes')]
+        items.sort(key=lambda t: t[0].encode())
+        start = 0
+        if token is not None:
+            m = re.fullmatch(r'page-(\d+)', token)
+            if not m:
+                raise _Reject(400, 'InvalidArgument', 'The continuation token provided is incorrect')
+            start = int(m.group(1))
+        page = items[start:start + page_size]
+        truncated = start + page_size < len(items)
+        esc = lambda t: (t.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')  # noqa: E731
+                         .replace('"', '&quot;').replace("'", '&apos;'))
+        out = ['<?xml version="1.0" encoding="UTF-8"?>',
+               '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">',
+               f'<Name>{esc(raw_path[1:])}</Name>', f'<Prefix>{esc(dict(params).get("prefix", ""))}</Prefix>',
+               f'<KeyCount>{len(page)}</KeyCount>', f'<MaxKeys>{page_size}</MaxKeys>',
+               f'<IsTruncated>{"true" if truncated else "false"}</IsTruncated>']
+        if 'delimiter' in dict(params):
+            out.append(f'<Delimiter>{esc(dict(params)["delimiter"])}</Delimiter>')
+        if token is not None:
+            out.append(f'<ContinuationToken>{esc(token)}</ContinuationToken>')
+        if truncated:
+            out.append(f'<NextContinuationToken>page-{start + page_size}</NextContinuationToken>')
+        for key, el in page:
+            if el is None:
+                out.append(f'<CommonPrefixes><Prefix>{esc(key)}</Prefix></CommonPrefixes>')
+            else:
+                out.append(f'<Contents><Key>{esc(key)}</Key>'
+                           f'<LastModified>{esc(el.findtext(ns + "LastModified") or "")}</LastModified>'
+                           f'<ETag>{esc(el.findtext(ns + "ETag") or "")}</ETag>'
+                           f'<Size>{el.findtext(ns + "Size") or "0"}</Size>'
+                           '<StorageClass>STANDARD</StorageClass></Contents>')
+        out.append('</ListBucketResult>')
+        self._send_simple(200, ''.join(out).encode())
+        return 200
+
+    def _forward(self, raw_path, raw_query, auth, entry, reset=False, lost=None):
         owner = self.server.owner
         length = self._left
         spool = None
@@ -615,6 +685,11 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                         if spool is None:
                             self._left = left
                 resp = conn.getresponse()
+                if lost is not None:
+                    # s3rver did the work; the client gets an error instead of its answer.
+                    resp.read()
+                    raise _Reject(lost.status, lost.code, f'Injected fault ({lost.code}) after s3rver answered '
+                                  f'{resp.status}', f'injected status {lost.status} after forwarding')
                 return self._relay(resp, reset)
             finally:
                 conn.close()
@@ -707,7 +782,12 @@ class S3Server:
 
     def __init__(self, workdir=None, buckets=('bucket',), access_key='shelbyfs-test-key',
                  secret_key='shelbyfs-test-secret/+=', region='us-east-1', session_token=None,
-                 allow_anonymous=False, control_endpoints=False, start_timeout=20.0):
+                 allow_anonymous=False, control_endpoints=False, start_timeout=20.0,
+                 list_page_size=None):
+        # list_page_size: the proxy answers ListObjectsV2 itself in pages of this
+        # many entries (IsTruncated + NextContinuationToken), from s3rver's full
+        # listing, because s3rver 3.7.1 answers 500 to any truncated listing.
+        self.list_page_size = list_page_size
         self._own_workdir = workdir is None
         self.workdir = os.path.abspath(workdir) if workdir else None
         self.buckets = tuple(buckets)
@@ -769,7 +849,8 @@ class S3Server:
         query_contains (substrings of the raw path / raw query) fail: mode='status'
         answers `status` with an S3 error (`code`, default SlowDown for 503,
         InternalError for 500) without reaching s3rver; mode='reset' breaks the
-        connection mid-way (see the module docstring). `delay` seconds first."""
+        connection mid-way; mode='lost' forwards the request and replaces s3rver's
+        answer by the error (see the module docstring). `delay` seconds first."""
         inj = _Injection(method, path_contains, query_contains, status, count, mode, code, delay)
         with self._lock:
             self._injections.append(inj)
@@ -1010,12 +1091,15 @@ def _serve_main(argv):
     sp.add_argument('--secret-key', default='shelbyfs-test-secret/+=')
     sp.add_argument('--region', default='us-east-1')
     sp.add_argument('--allow-anonymous', action='store_true')
+    sp.add_argument('--list-page-size', type=int, default=None,
+                    help='answer ListObjectsV2 in pages of N (s3rver cannot page)')
     args = ap.parse_args(argv)
     signal.signal(signal.SIGINT, cleanup._on_signal)
     os.makedirs(args.dir, exist_ok=True)
     server = S3Server(args.dir, buckets=tuple(args.bucket or ('bucket',)), access_key=args.access_key,
                       secret_key=args.secret_key, region=args.region, session_token=args.session_token,
-                      allow_anonymous=args.allow_anonymous, control_endpoints=True)
+                      allow_anonymous=args.allow_anonymous, control_endpoints=True,
+                      list_page_size=args.list_page_size)
     try:
         server.start()
         info = {'endpoint': server.endpoint, 'region': server.region,
