@@ -73,7 +73,7 @@ mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint>`.
   -o disk_cache_size=SIZE  most bytes kept in cache_dir; the least recently
                       used blocks go first (default 10GiB)
   -o prefetch=N       prefetch up to N blocks ahead of a sequential reader
-                      of a shard (default 16; 0 turns prefetch off)
+                      of a shard (default 32; 0 turns prefetch off)
   -o threads=N        FUSE worker threads (default 16)
   -o retries=N        retries of a failed HTTP request (default 5)
   -o timeout=SECS     abort a transfer that stalls this long (default 30)

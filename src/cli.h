@@ -24,7 +24,7 @@ struct MountCommand {
     std::uint64_t cache_size = 512ull * 1024 * 1024;
     bool cache_size_given = false;
     std::uint64_t memory_limit = 0;  ///< 0: none; else sets the cache size (see cli usage)
-    std::uint32_t prefetch = 16;  ///< most blocks prefetched ahead of a sequential reader; 0 = off
+    std::uint32_t prefetch = 32;  ///< most blocks prefetched ahead of a sequential reader; 0 = off
     unsigned threads = 16;
     int retries = 5;
     double timeout_s = 30;

@@ -248,6 +248,10 @@ class Bench:
         if os.path.exists(log_file):
             os.remove(log_file)
         options = [f'log_file={log_file}', *options]
+        # Experiments: extra -o options for every shelbyfs mount of this run.
+        extra = os.environ.get('SHELBYFS_BENCH_OPTIONS', '')
+        if extra:
+            options.append(extra)
         if self.supports('spool_dir'):   # keep checkpoint spool files inside the work dir
             options.append(f'spool_dir={os.path.join(self.work, "spool")}')
         m = testlib.Mount(manifest, options=options,

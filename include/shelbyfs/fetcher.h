@@ -40,7 +40,7 @@ struct FetcherOptions {
     /// Largest prefetch window, in blocks, of one sequential stream; 0 turns
     /// prefetch off. The window starts at 2 and doubles per block the stream
     /// advances, up to this.
-    std::uint32_t prefetch_blocks = 16;
+    std::uint32_t prefetch_blocks = 32;
     /// Most prefetched bytes not yet read (in flight, queued or cached and
     /// untouched) over all objects; 0 = a quarter of the cache's budget.
     std::uint64_t prefetch_budget_bytes = 0;
