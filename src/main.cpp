@@ -364,15 +364,21 @@ int run_bench(const cli::BenchCommand& cmd) {
     return cli::kExitFailure;
 }
 
-// A client for one-shot commands: default retries and timeouts.
-int run_push(const cli::PushCommand& cmd) {
-    auto profile = load_storage_profile(cmd.config_path, cmd.profile);
+// Runs `body(storage)` for a one-shot command (push, verify): the profile of
+// --config/--profile, and a client with default retries and timeouts.
+template <typename Body>
+int with_storage(const std::string& config_path, const std::string& profile_name, Body body) {
+    auto profile = load_storage_profile(config_path, profile_name);
     if (!profile) {
         print_error(profile.error().message);
         return cli::kExitFailure;
     }
     HttpClient http;
     Storage storage(http, std::move(*profile));
+    return body(storage);
+}
+
+int run_push(const cli::PushCommand& cmd, Storage& storage) {
     PushOptions options;
     options.out_dir = cmd.out_dir;
     options.dest = cmd.dest;
@@ -393,14 +399,7 @@ int run_push(const cli::PushCommand& cmd) {
     return cli::kExitOk;
 }
 
-int run_verify(const cli::VerifyCommand& cmd) {
-    auto profile = load_storage_profile(cmd.config_path, cmd.profile);
-    if (!profile) {
-        print_error(profile.error().message);
-        return cli::kExitFailure;
-    }
-    HttpClient http;
-    Storage storage(http, std::move(*profile));
+int run_verify(const cli::VerifyCommand& cmd, Storage& storage) {
     VerifyOptions options;
     options.manifest = cmd.manifest;
     options.jobs = cmd.jobs;
@@ -464,9 +463,11 @@ int main(int argc, char** argv) {
                 } else if constexpr (std::is_same_v<T, cli::BenchCommand>) {
                     return run_bench(cmd);
                 } else if constexpr (std::is_same_v<T, cli::PushCommand>) {
-                    return run_push(cmd);
+                    return with_storage(cmd.config_path, cmd.profile,
+                                        [&](Storage& storage) { return run_push(cmd, storage); });
                 } else if constexpr (std::is_same_v<T, cli::VerifyCommand>) {
-                    return run_verify(cmd);
+                    return with_storage(cmd.config_path, cmd.profile,
+                                        [&](Storage& storage) { return run_verify(cmd, storage); });
                 } else {
                     return run_pack(cmd);
                 }

@@ -52,12 +52,7 @@ def require_all():
             missing.append(os.path.join(fmnist.DEFAULT_DIR, f) + ' (dataset-fashion-mnist)')
     if shutil.which('xxhsum') is None:
         missing.append('xxhsum')
-    if missing:
-        if os.environ.get('CI', '').lower() == 'true':
-            print('FAIL: missing prerequisites under CI: ' + ', '.join(missing), file=sys.stderr)
-            sys.exit(1)
-        print('SKIP: missing prerequisites: ' + ', '.join(missing), file=sys.stderr)
-        sys.exit(77)
+    testlib.skip_unless_present(missing)
 
 
 def base_env(tmp):

@@ -305,13 +305,7 @@ def require_prereqs():
     missing = ts3.missing_prereqs()
     if shutil.which('curl') is None:
         missing.append('curl')
-    if not missing:
-        return
-    if os.environ.get('CI', '').lower() == 'true':
-        print('FAIL: missing prerequisites under CI: ' + ', '.join(missing), file=sys.stderr)
-        sys.exit(1)
-    print('SKIP: missing prerequisites: ' + ', '.join(missing), file=sys.stderr)
-    sys.exit(77)
+    testlib.skip_unless_present(missing)
 
 
 if __name__ == '__main__':

@@ -40,7 +40,11 @@ def missing_prereqs(extra_modules=()):
 
 def require_prereqs(extra_modules=()):
     """Exit 77 (or 1 under CI=true) if anything the integration tests need is missing."""
-    missing = missing_prereqs(extra_modules)
+    skip_unless_present(missing_prereqs(extra_modules))
+
+
+def skip_unless_present(missing):
+    """Exit 77 (meson SKIP), or 1 under CI=true, naming what is `missing`; return if nothing is."""
     if not missing:
         return
     if os.environ.get('CI', '').lower() == 'true':

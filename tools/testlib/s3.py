@@ -99,7 +99,7 @@ import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 
-from . import cleanup
+from . import cleanup, prereq
 
 CHUNK = 1024 * 1024
 SIGV4_TIMESTAMP = '%Y%m%dT%H%M%SZ'
@@ -131,14 +131,7 @@ def missing_prereqs():
 
 def require_prereqs():
     """Exit 77 (meson SKIP), or 1 under CI=true, when the S3 harness cannot run."""
-    missing = missing_prereqs()
-    if not missing:
-        return
-    if os.environ.get('CI', '').lower() == 'true':
-        print('FAIL: missing prerequisites under CI: ' + ', '.join(missing), file=sys.stderr)
-        sys.exit(1)
-    print('SKIP: missing prerequisites: ' + ', '.join(missing), file=sys.stderr)
-    sys.exit(77)
+    prereq.skip_unless_present(missing_prereqs())
 
 
 class S3Error(RuntimeError):
