@@ -243,9 +243,17 @@ void Fetcher::prefetch_after(std::uint32_t object, const ObjectSpec& o, std::uin
             if (first + 1 < c.last || first > c.last + 1) continue;
             if (s == nullptr || c.window > s->window || (c.window == s->window && c.run > s->run)) s = &c;
         }
+        if (!os.whole && blocks <= options_.whole_object_blocks) {
+            os.whole = true;
+            for (std::uint64_t b = 0; b < blocks; ++b) {
+                if (b >= first && b <= last) continue;  // this read's own blocks
+                BlockKey key{object, b};
+                if (!start_prefetch_locked(key, block_length(o, key), os)) break;
+            }
+        }
         if (s == nullptr) {
             // A new stream, in a free slot or the least recently used one's.
-            // It has no window: a random read starts no prefetch.
+            // It has no window: a random read of a large object starts no prefetch.
             Stream& slot = os.count < kStreams
                                ? os.streams[os.count++]
                                : *std::min_element(os.streams.begin(), os.streams.end(),

@@ -229,6 +229,8 @@ int run_mount(cli::MountCommand cmd) {
     }
     FetcherOptions fetcher_options;
     fetcher_options.prefetch_blocks = cmd.prefetch;
+    // Shards of up to 8 blocks (8 MiB at the default block size) come whole at their first read.
+    fetcher_options.whole_object_blocks = 8;
     fetcher_options.disk_cache = disk_cache.get();
     Fetcher fetcher(reader, cache, std::move(objects), fetcher_options);
     FsOptions fs_options;

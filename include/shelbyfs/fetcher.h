@@ -44,6 +44,12 @@ struct FetcherOptions {
     /// Most prefetched bytes not yet read (in flight, queued or cached and
     /// untouched) over all objects; 0 = a quarter of the cache's budget.
     std::uint64_t prefetch_budget_bytes = 0;
+    /// An object of at most this many blocks is prefetched whole, in parallel,
+    /// at its first read (while that read's own blocks are fetched): random
+    /// reads of a small shard, such as the first batch of a shuffled epoch,
+    /// then pay one round trip instead of one per block. 0 = off. Needs
+    /// prefetch_blocks > 0; counts against prefetch_budget_bytes.
+    std::uint64_t whole_object_blocks = 0;
     /// Most prefetch worker threads, started as work arrives. Each owns one
     /// request at a time, so this bounds prefetch requests on the wire; 16
     /// matches HttpClient's default connection limit.
@@ -143,6 +149,7 @@ private:
         std::size_t count = 0;
         std::uint64_t clock = 0;
         std::uint32_t inflight = 0;  // prefetches of this object not yet finished
+        bool whole = false;          // a small object: all its blocks were prefetched once
     };
     /// A prefetched block not yet read; `block` is set once it is cached, and
     /// expires when the cache evicts it unread.

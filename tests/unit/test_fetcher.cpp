@@ -426,6 +426,33 @@ TEST_SUITE("fetcher") {
         fx.reader.release();  // answers nobody waits for any more
     }
 
+    TEST_CASE("a small object is fetched whole at its first read; a large one is not") {
+        // 3 blocks: the first (random) read of block 1 brings blocks 0 and 2 along.
+        Fixture small;
+        BlockCache cache(1 << 20);
+        FetcherOptions o = prefetch(16);
+        o.whole_object_blocks = 3;
+        Fetcher f(small.reader, cache, small.objects(), o);
+        CHECK(read_all(f, 5000, 10) == small.bytes.substr(5000, 10));
+        f.wait_prefetch_idle();
+        CHECK(f.stats().fetches == 1);
+        CHECK(f.stats().prefetched == 2);
+        CHECK(small.reader.requests() == 3);
+        // Everything is cached now: reads anywhere send nothing.
+        CHECK(read_all(f, 0, 10'000) == small.bytes);
+        CHECK(read_all(f, 9000, 1000) == small.bytes.substr(9000));
+        CHECK(small.reader.requests() == 3);
+
+        // 64 blocks, above the limit: a random read fetches its block only.
+        Striped large;
+        BlockCache cache2(1 << 20);
+        Fetcher g(large.reader, cache2, large.objects(), o);
+        read_block(g, large, 40);
+        g.wait_prefetch_idle();
+        CHECK(g.stats().prefetched == 0);
+        CHECK(large.reader.requests() == 1);
+    }
+
     TEST_CASE("prefetch_blocks = 0 turns prefetch off") {
         std::size_t threads_before = thread_count();
         Striped fx;
