@@ -100,6 +100,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 
 from . import cleanup, prereq
+from .httplog import LoggedHandler
 
 CHUNK = 1024 * 1024
 SIGV4_TIMESTAMP = '%Y%m%dT%H%M%SZ'
@@ -288,28 +289,11 @@ class _ProxyServer(http.server.ThreadingHTTPServer):
     request_queue_size = 64
 
 
-class _ProxyHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = 'HTTP/1.1'
-    timeout = 300          # idle keep-alive connections are dropped after this
+class _ProxyHandler(LoggedHandler):
     server_version = 'shelbyfs-s3-proxy'
-
-    def log_message(self, fmt, *args):
-        pass
 
     # Expect: 100-continue is answered by us once the request is verified, so a
     # rejected upload is never sent.
-    # The log entry is published when the status line goes out, so a client that
-    # has read the response always finds its request in the log.
-    _entry = None
-    _entry_logged = False
-
-    def send_response_only(self, code, message=None):
-        entry = self._entry
-        if entry is not None and code >= 200 and not self._entry_logged:
-            entry['status'] = code
-            self._entry_logged = True
-            self.server.owner._append_log(entry)
-        super().send_response_only(code, message)
 
     def parse_request(self):
         self._expect_pending = False

@@ -45,6 +45,7 @@ import urllib.parse
 import uuid
 
 from . import cleanup
+from .httplog import LoggedHandler
 
 CHUNK = 1024 * 1024
 
@@ -72,26 +73,8 @@ class _Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = False
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = 'HTTP/1.1'
-    timeout = 300
+class _Handler(LoggedHandler):
     server_version = 'shelbyfs-fake-shelby-rpc'
-
-    def log_message(self, fmt, *args):
-        pass
-
-    # The log entry is published when the status line goes out, so a client that
-    # has read the response always finds its request in the log.
-    _entry = None
-    _entry_logged = False
-
-    def send_response_only(self, code, message=None):
-        entry = self._entry
-        if entry is not None and code >= 200 and not self._entry_logged:
-            entry['status'] = code
-            self._entry_logged = True
-            self.server.owner._append_log(entry)
-        super().send_response_only(code, message)
 
     def do_GET(self):
         self._handle()
