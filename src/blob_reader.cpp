@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstring>
 
-#include "shelbyfs/manifest.h"
 
 namespace shelbyfs {
 
@@ -44,16 +43,6 @@ std::future<Result<std::string>> FileReader::read_range(const std::string& locat
     }
     ::close(fd);
     return ready(std::move(data));
-}
-
-std::future<Result<std::string>> RoutingReader::read_range(const std::string& location, std::uint64_t offset,
-                                                           std::uint64_t length) {
-    if (is_url(location)) {
-        if (remote_ == nullptr)
-            return ready(make_error(Errc::InvalidArgument, location + ": no client for URLs is configured"));
-        return remote_->read_range(location, offset, length);
-    }
-    return files_.read_range(location, offset, length);
 }
 
 Result<std::string> read_local_file(const std::string& path) {

@@ -29,18 +29,6 @@ public:
                                                 std::uint64_t length) override;
 };
 
-/// Sends URLs to `remote` and everything else to a FileReader. Thread-safe.
-class RoutingReader final : public BlobReader {
-public:
-    explicit RoutingReader(BlobReader* remote) : remote_(remote) {}
-    std::future<Result<std::string>> read_range(const std::string& location, std::uint64_t offset,
-                                                std::uint64_t length) override;
-
-private:
-    BlobReader* remote_;  // may be null: URLs then fail with InvalidArgument
-    FileReader files_;
-};
-
 /// Read a whole local file (manifests). Errors name the path.
 Result<std::string> read_local_file(const std::string& path);
 

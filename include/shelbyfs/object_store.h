@@ -31,7 +31,7 @@ public:
 
     /// The base, for messages: "/data/checkpoints" or "http://host/x/checkpoints/".
     virtual std::string describe() const = 0;
-    /// What a BlobReader (RoutingReader) reads `key` from: a path or a URL
+    /// What a BlobReader (Storage::reader()) reads `key` from: a path or a URL
     /// (percent-encoded). `key` is not checked here.
     virtual std::string location(const std::string& key) const = 0;
 

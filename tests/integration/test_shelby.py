@@ -14,7 +14,6 @@ Run: SHELBYFS_BIN=build/src/shelbyfs PYTHONPATH=tools /usr/bin/python3 tests/int
 Exit 0 pass, 77 skip (prerequisite missing and CI unset), else failure.
 """
 import errno
-import json
 import os
 import re
 import shutil

@@ -70,7 +70,7 @@ private:
 
 // One "mount": store + fetcher + checkpoints, with path-based helpers.
 struct Mount {
-    RoutingReader reader{nullptr};
+    FileReader reader;
     BlockCache cache{8 << 20};
     Fetcher fetcher{reader, cache, {}};
     FlakyStore store;

@@ -14,6 +14,7 @@ import subprocess
 import time
 
 from . import cleanup
+from .fixture import Fixture
 from .prereq import NGINX
 
 _CONF = """\
@@ -74,7 +75,7 @@ class NginxError(RuntimeError):
     pass
 
 
-class Nginx:
+class Nginx(Fixture):
     """Context manager: `with Nginx(root) as n: n.url('manifest.json')`.
 
     `stop()` and `start()` take the server down and bring it back on the same
@@ -157,18 +158,6 @@ class Nginx:
         if self.prefix is not None:
             shutil.rmtree(self.prefix, ignore_errors=True)
             self.prefix = None
-
-    def __enter__(self):
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     # -- internals ----------------------------------------------------------
     # Subclasses (the benchmark's nginx) replace config() and may run nginx in

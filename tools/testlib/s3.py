@@ -100,6 +100,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 
 from . import cleanup, prereq
+from .fixture import Fixture, serve_until_eof
 from .httplog import LoggedHandler
 
 CHUNK = 1024 * 1024
@@ -754,7 +755,7 @@ class S3ServerError(RuntimeError):
     pass
 
 
-class S3Server:
+class S3Server(Fixture):
     """Context manager: s3rver on a private port plus the verifying proxy at `endpoint`."""
 
     def __init__(self, workdir=None, buckets=('bucket',), access_key='shelbyfs-test-key',
@@ -1001,18 +1002,6 @@ class S3Server:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
 
-    def __enter__(self):
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
     # -- used by the handler ----------------------------------------------------
     def _take_injection(self, method, path, query):
         with self._lock:
@@ -1071,30 +1060,19 @@ def _serve_main(argv):
     sp.add_argument('--list-page-size', type=int, default=None,
                     help='answer ListObjectsV2 in pages of N (s3rver cannot page)')
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGINT, cleanup._on_signal)
     os.makedirs(args.dir, exist_ok=True)
     server = S3Server(args.dir, buckets=tuple(args.bucket or ('bucket',)), access_key=args.access_key,
                       secret_key=args.secret_key, region=args.region, session_token=args.session_token,
                       allow_anonymous=args.allow_anonymous, control_endpoints=True,
                       list_page_size=args.list_page_size)
-    try:
-        server.start()
-        info = {'endpoint': server.endpoint, 'region': server.region,
-                'access_key': server.access_key, 'secret_key': server.secret_key}
-        if server.session_token is not None:
-            info['session_token'] = server.session_token
-        sys.stdout.write(json.dumps(info) + '\n')
-        sys.stdout.flush()
-        while os.read(sys.stdin.fileno(), 65536):
-            pass
-    except KeyboardInterrupt:
-        pass
-    except S3ServerError as e:
-        print(f'testlib.s3: {e}', file=sys.stderr)
-        return 1
-    finally:
-        server.close()
-    return 0
+
+    def info(srv):
+        out = {'endpoint': srv.endpoint, 'region': srv.region,
+               'access_key': srv.access_key, 'secret_key': srv.secret_key}
+        if srv.session_token is not None:
+            out['session_token'] = srv.session_token
+        return out
+    return serve_until_eof(server, info, errors=(S3ServerError,))
 
 
 if __name__ == '__main__':

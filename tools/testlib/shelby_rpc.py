@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -45,6 +44,7 @@ import urllib.parse
 import uuid
 
 from . import cleanup
+from .fixture import Fixture, serve_until_eof
 from .httplog import LoggedHandler
 
 CHUNK = 1024 * 1024
@@ -285,7 +285,7 @@ class _Handler(LoggedHandler):
             return status
 
 
-class ShelbyRpc:
+class ShelbyRpc(Fixture):
     """Context manager serving root_dir as Shelby blobs on 127.0.0.1:<free port>."""
 
     def __init__(self, root_dir, api_key=None, content_range=True, suffix=''):
@@ -354,18 +354,6 @@ class ShelbyRpc:
             shutil.rmtree(self.uploads_dir, ignore_errors=True)
             self.uploads_dir = None
 
-    def __enter__(self):
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
 
 def _serve_main(argv):
     ap = argparse.ArgumentParser(prog='python3 -m testlib.shelby_rpc')
@@ -375,19 +363,8 @@ def _serve_main(argv):
     sp.add_argument('--api-key', default=None)
     sp.add_argument('--no-content-range', action='store_true')
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGINT, cleanup._on_signal)
     rpc = ShelbyRpc(args.dir, api_key=args.api_key, content_range=not args.no_content_range)
-    try:
-        rpc.start()
-        sys.stdout.write(json.dumps({'url': rpc.url}) + '\n')
-        sys.stdout.flush()
-        while os.read(sys.stdin.fileno(), 65536):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        rpc.close()
-    return 0
+    return serve_until_eof(rpc, lambda r: {'url': r.url})
 
 
 if __name__ == '__main__':
