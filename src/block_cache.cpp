@@ -1,7 +1,24 @@
 // LRU block cache.
 #include "shelbyfs/block_cache.h"
 
+#include <cstring>
+
 namespace shelbyfs {
+
+std::size_t slices_size(const ReadSlices& slices) {
+    std::size_t n = 0;
+    for (const ReadSlice& s : slices) n += s.size;
+    return n;
+}
+
+std::size_t copy_slices(const ReadSlices& slices, char* buffer) {
+    std::size_t n = 0;
+    for (const ReadSlice& s : slices) {
+        std::memcpy(buffer + n, s.data, s.size);
+        n += s.size;
+    }
+    return n;
+}
 
 BlockPtr BlockCache::get(const BlockKey& key) {
     std::lock_guard lock(mutex_);

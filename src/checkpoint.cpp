@@ -841,6 +841,12 @@ Result<std::pair<Attr, FileHandle>> Checkpoints::create(InodeNo parent, std::str
 }
 
 Result<std::size_t> Checkpoints::read(FileHandle fh, std::uint64_t offset, std::size_t size, char* buffer) {
+    auto slices = read_slices(fh, offset, size);
+    if (!slices) return std::move(slices).error();
+    return copy_slices(*slices, buffer);
+}
+
+Result<ReadSlices> Checkpoints::read_slices(FileHandle fh, std::uint64_t offset, std::size_t size) {
     Handle h = handle(fh);
     std::shared_ptr<OpenState> os;
     std::uint32_t object = kNoObject;
@@ -852,11 +858,15 @@ Result<std::size_t> Checkpoints::read(FileHandle fh, std::uint64_t offset, std::
     }
     if (os) {
         std::uint64_t end = os->size.load();
-        if (offset >= end) return std::size_t{0};
-        return os->file->read(offset, buffer, static_cast<std::size_t>(std::min<std::uint64_t>(size, end - offset)));
+        if (offset >= end) return ReadSlices{};
+        auto buffer = std::make_shared<std::string>(static_cast<std::size_t>(std::min<std::uint64_t>(size, end - offset)), '\0');
+        auto n = os->file->read(offset, buffer->data(), buffer->size());
+        if (!n) return std::move(n).error();
+        const char* data = buffer->data();
+        return ReadSlices{ReadSlice{std::move(buffer), data, *n}};
     }
-    if (object == kNoObject) return std::size_t{0};
-    return fetcher_.read(object, offset, buffer, size);
+    if (object == kNoObject) return ReadSlices{};
+    return fetcher_.read_slices(object, offset, size);
 }
 
 Result<std::size_t> Checkpoints::write(FileHandle fh, std::uint64_t offset, const char* data, std::size_t size) {

@@ -416,10 +416,16 @@ void Fetcher::wait_prefetch_idle() {
 }
 
 Result<std::size_t> Fetcher::read(std::uint32_t object, std::uint64_t offset, char* buffer, std::size_t size) {
+    auto slices = read_slices(object, offset, size);
+    if (!slices) return std::move(slices).error();
+    return copy_slices(*slices, buffer);
+}
+
+Result<ReadSlices> Fetcher::read_slices(std::uint32_t object, std::uint64_t offset, std::size_t size) {
     const ObjectSpec* spec = find(object);
     if (spec == nullptr) return make_error(Errc::Internal, "fetch: unknown object (F03)");
     const ObjectSpec& o = *spec;
-    if (offset >= o.size || size == 0) return std::size_t{0};
+    if (offset >= o.size || size == 0) return ReadSlices{};
     std::size_t length = static_cast<std::size_t>(std::min<std::uint64_t>(size, o.size - offset));
     std::uint64_t first = offset / o.block_size;
     std::uint64_t last = (offset + length - 1) / o.block_size;
@@ -458,15 +464,18 @@ Result<std::size_t> Fetcher::read(std::uint32_t object, std::uint64_t offset, ch
     }
     if (failure) return *failure;
 
-    std::size_t copied = 0;
+    ReadSlices out;
+    out.reserve(blocks.size());
+    std::size_t taken = 0;
     for (std::size_t i = 0; i < blocks.size(); ++i) {
         std::uint64_t block_start = (first + i) * o.block_size;
         std::uint64_t from = std::max(offset, block_start) - block_start;
-        std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(blocks[i]->size() - from, length - copied));
-        std::memcpy(buffer + copied, blocks[i]->data() + from, n);
-        copied += n;
+        std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(blocks[i]->size() - from, length - taken));
+        const char* data = blocks[i]->data() + from;
+        out.push_back(ReadSlice{std::move(blocks[i]), data, n});
+        taken += n;
     }
-    return copied;
+    return out;
 }
 
 Fetcher::Stats Fetcher::stats() const {

@@ -225,12 +225,18 @@ Result<void> Filesystem::opendir(InodeNo ino) {
 
 Result<std::size_t> Filesystem::read(InodeNo ino, FileHandle fh, std::uint64_t offset, std::size_t size,
                                      char* buffer) {
-    if (ckpt(ino)) return checkpoints_->read(fh, offset, size, buffer);
+    auto slices = read_slices(ino, fh, offset, size);
+    if (!slices) return std::move(slices).error();
+    return copy_slices(*slices, buffer);
+}
+
+Result<ReadSlices> Filesystem::read_slices(InodeNo ino, FileHandle fh, std::uint64_t offset, std::size_t size) {
+    if (ckpt(ino)) return checkpoints_->read_slices(fh, offset, size);
     const Node& n = node(ino);
     if (n.is_dir) return make_error(Errc::IsDirectory, "read of a directory");
-    if (offset >= n.size) return std::size_t{0};
+    if (offset >= n.size) return ReadSlices{};
     std::size_t length = static_cast<std::size_t>(std::min<std::uint64_t>(size, n.size - offset));
-    return fetcher_.read(n.object, n.offset + offset, buffer, length);
+    return fetcher_.read_slices(n.object, n.offset + offset, length);
 }
 
 Result<std::size_t> Filesystem::write(InodeNo ino, FileHandle fh, std::uint64_t offset, const char* data,

@@ -5,14 +5,17 @@
 
 #include <fuse_lowlevel.h>
 #include <fcntl.h>
+#include <sys/uio.h>
 
 #include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <vector>
 #include <cerrno>
 #include <csignal>
+
 #include <cstring>
 #include <memory>
 #include <new>
@@ -189,15 +192,17 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                });
 }
 
+// Replied straight from the cached blocks (one iovec per block): the kernel
+// copies each byte once, into the reader's pages.
 void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_file_info* fi) {
-    std::unique_ptr<char[]> buffer;
     reply_with(
-        req, Op::Read,
-        [&]() -> Result<std::size_t> {
-            buffer.reset(new char[size == 0 ? 1 : size]);
-            return core(req).read(ino, fi->fh, static_cast<std::uint64_t>(offset), size, buffer.get());
-        },
-        [&](std::size_t n) { fuse_reply_buf(req, buffer.get(), n); });
+        req, Op::Read, [&] { return core(req).read_slices(ino, fi->fh, static_cast<std::uint64_t>(offset), size); },
+        [&](const ReadSlices& slices) {
+            std::vector<iovec> iov;
+            iov.reserve(slices.size());
+            for (const ReadSlice& s : slices) iov.push_back(iovec{const_cast<char*>(s.data), s.size});
+            fuse_reply_iov(req, iov.data(), static_cast<int>(iov.size()));
+        });
 }
 
 void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t offset, fuse_file_info* fi) {

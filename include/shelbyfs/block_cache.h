@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 namespace shelbyfs {
 
@@ -27,6 +28,20 @@ struct BlockKeyHash {
 /// Immutable block bytes. Readers hold a BlockPtr, so eviction never frees
 /// bytes that are still being copied out.
 using BlockPtr = std::shared_ptr<const std::string>;
+
+/// A piece of a read served from memory without a copy: `data` stays valid
+/// while `owner` (a cached block, or a buffer made for this read) is held.
+struct ReadSlice {
+    BlockPtr owner;
+    const char* data = nullptr;
+    std::size_t size = 0;
+};
+using ReadSlices = std::vector<ReadSlice>;
+
+/// Bytes in `slices`.
+std::size_t slices_size(const ReadSlices& slices);
+/// Copy `slices` one after another into `buffer`; returns the byte count.
+std::size_t copy_slices(const ReadSlices& slices, char* buffer);
 
 /// Thread-safe LRU cache. Only verified blocks are inserted (the Fetcher's
 /// job). The budget counts bytes held by the cache; a block larger than the

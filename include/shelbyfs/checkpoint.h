@@ -70,6 +70,9 @@ public:
     Result<FileHandle> open(InodeNo ino, int flags);
     Result<std::pair<Attr, FileHandle>> create(InodeNo parent, std::string_view name, mode_t mode, int flags);
     Result<std::size_t> read(FileHandle fh, std::uint64_t offset, std::size_t size, char* buffer);
+    /// As read(): published versions as slices of cached blocks, a file being
+    /// written as one buffer read from the spool.
+    Result<ReadSlices> read_slices(FileHandle fh, std::uint64_t offset, std::size_t size);
     Result<std::size_t> write(FileHandle fh, std::uint64_t offset, const char* data, std::size_t size);
     /// close(): publish the file if it changed. Errors mean it is not durable.
     Result<void> flush(FileHandle fh);

@@ -95,6 +95,8 @@ public:
     /// Copy up to `size` bytes at `offset` of object `object` into `buffer`.
     /// Returns the byte count: short only at the object's end (0 past it).
     Result<std::size_t> read(std::uint32_t object, std::uint64_t offset, char* buffer, std::size_t size);
+    /// The same bytes as slices of the cached blocks, without copying them.
+    Result<ReadSlices> read_slices(std::uint32_t object, std::uint64_t offset, std::size_t size);
 
     /// Register another object (a checkpoint published while mounted) and
     /// return its index. Specs are never removed; references stay valid.

@@ -65,6 +65,8 @@ public:
     Result<std::size_t> read(InodeNo ino, std::uint64_t offset, std::size_t size, char* buffer) {
         return read(ino, 0, offset, size, buffer);
     }
+    /// The same bytes as slices of cached blocks (no copy), for the FUSE reply.
+    Result<ReadSlices> read_slices(InodeNo ino, FileHandle fh, std::uint64_t offset, std::size_t size);
     Result<std::size_t> write(InodeNo ino, FileHandle fh, std::uint64_t offset, const char* data, std::size_t size);
     Result<void> flush(InodeNo ino, FileHandle fh);
     Result<void> fsync(InodeNo ino, FileHandle fh);

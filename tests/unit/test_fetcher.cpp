@@ -115,6 +115,31 @@ TEST_SUITE("fetcher") {
         CHECK(fx.reader.requests() == 3);  // each of the 3 blocks fetched once, then cached
     }
 
+    TEST_CASE("read_slices points into the cached blocks instead of copying them") {
+        Fixture fx;
+        BlockCache cache(1 << 20);
+        Fetcher f(fx.reader, cache, fx.objects());
+        auto slices = f.read_slices(0, 4090, 5000);  // the end of block 0, all of block 1, the start of block 2
+        REQUIRE(slices);
+        REQUIRE(slices->size() == 3);
+        std::string joined(slices_size(*slices), '\0');
+        CHECK(copy_slices(*slices, joined.data()) == 5000);
+        CHECK(joined == fx.bytes.substr(4090, 5000));
+        for (std::size_t i = 0; i < 3; ++i) {
+            BlockPtr cached = cache.get({0, i});
+            REQUIRE(cached);
+            CHECK((*slices)[i].owner == cached);
+            CHECK((*slices)[i].data >= cached->data());
+            CHECK((*slices)[i].data + (*slices)[i].size <= cached->data() + cached->size());
+        }
+        CHECK((*slices)[0].size == 6);
+        CHECK((*slices)[1].size == 4096);
+        CHECK((*slices)[2].size == 5000 - 6 - 4096);
+        auto past_end = f.read_slices(0, 10'000, 10);
+        REQUIRE(past_end);
+        CHECK(past_end->empty());
+    }
+
     TEST_CASE("refetches a corrupted block and returns verified bytes") {
         Fixture fx;
         BlockCache cache(1 << 20);
