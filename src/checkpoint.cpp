@@ -236,7 +236,8 @@ Attr Checkpoints::attr_of(const Node& n) const {
     a.st.st_mtim = {static_cast<time_t>(t / 1'000'000'000), static_cast<long>(t % 1'000'000'000)};
     a.st.st_ctim = a.st.st_mtim;
     a.st.st_atim = a.st.st_mtim;
-    a.st.st_blksize = 128 * 1024;
+    // cp and stdio size their buffers by it: 1 MiB writes, one request each.
+    a.st.st_blksize = 1024 * 1024;
     if (n.is_dir) {
         a.st.st_mode = S_IFDIR | (n.readonly ? 0555 : n.mode);
         nlink_t subdirs = 0;

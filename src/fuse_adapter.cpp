@@ -168,6 +168,12 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
                [&](const Attr& a) { fuse_reply_attr(req, &a.st, a.ttl); });
 }
 
+// A checkpoint opened for writing bypasses the kernel's page cache: the
+// writer's pages go straight into the request (one copy less, and no second
+// cache of bytes that are about to sit in the spool). The price: such a
+// handle cannot be mmap'ed shared, which no checkpoint saver does.
+bool writes_direct(int flags) { return (flags & O_ACCMODE) != O_RDONLY; }
+
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     reply_with(req, Op::Open, [&] { return core(req).open(ino, fi->flags); },
                [&](FileHandle fh) {
@@ -178,6 +184,7 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
                    // close() of a read-only file has nothing to save: no FLUSH
                    // round trip per sample (kernel 5.18+; ignored before).
                    fi->noflush = (fi->flags & O_ACCMODE) == O_RDONLY && (fi->flags & O_TRUNC) == 0;
+                   fi->direct_io = writes_direct(fi->flags);
                    if (fuse_reply_open(req, fi) != 0) core(req).release(ino, fh);
                });
 }
@@ -188,6 +195,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode,
                    fuse_entry_param e = to_entry(created.first);
                    fi->fh = created.second;
                    fi->keep_cache = 0;
+                   fi->direct_io = writes_direct(fi->flags);
                    if (fuse_reply_create(req, &e, fi) != 0) core(req).release(e.ino, created.second);
                });
 }

@@ -186,6 +186,8 @@ class BigCopyTests(CheckpointCase):
             r = subprocess.run(['cp', src, dst], capture_output=True, text=True, timeout=300)
             self.assertEqual(r.returncode, 0, f'cp failed: {r.stderr}')
             self.assertEqual(os.stat(dst).st_size, BIG_SIZE)
+            # cp and stdio size their writes by it: 1 MiB requests, not 128 KiB ones.
+            self.assertEqual(os.stat(dst).st_blksize, 1 << 20)
             self.assertEqual(ckpt.xxh128_file(dst), want, 'bytes read back differ')
             # close() returned, so the object is already durable in nginx's root.
             obj = os.path.join(root, 'objects', want)
