@@ -860,7 +860,8 @@ Result<ReadSlices> Checkpoints::read_slices(FileHandle fh, std::uint64_t offset,
     if (os) {
         std::uint64_t end = os->size.load();
         if (offset >= end) return ReadSlices{};
-        auto buffer = std::make_shared<std::string>(static_cast<std::size_t>(std::min<std::uint64_t>(size, end - offset)), '\0');
+        std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(size, end - offset));
+        auto buffer = std::make_shared<std::string>(want, '\0');
         auto n = os->file->read(offset, buffer->data(), buffer->size());
         if (!n) return std::move(n).error();
         const char* data = buffer->data();

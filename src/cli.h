@@ -26,6 +26,7 @@ struct MountCommand {
     std::uint64_t memory_limit = 0;  ///< 0: none; else sets the cache size (see cli usage)
     std::uint32_t prefetch = 32;  ///< most blocks prefetched ahead of a sequential reader; 0 = off
     unsigned threads = 16;
+    std::uint64_t read_ahead = 1024 * 1024;  ///< the kernel's read-ahead for the mount; 0 = its default
     int retries = 5;
     double timeout_s = 30;
     double connect_timeout_s = 10;

@@ -84,8 +84,8 @@ const KeyDesc kKeys[] = {
 };
 
 const std::string_view kMountKeys[] = {
-    "cache_size", "memory_limit", "prefetch",  "threads",   "retries",     "timeout",  "connect_timeout",
-    "cache_dir",  "disk_cache_size", "spool_dir", "spool_size", "checkpoints", "log_file",
+    "cache_size", "memory_limit", "prefetch",   "read_ahead", "threads",     "retries",  "timeout",
+    "connect_timeout", "cache_dir", "disk_cache_size", "spool_dir", "spool_size", "checkpoints", "log_file",
 };
 
 const std::string_view kSecretKeys[] = {"secret_access_key", "session_token", "shelby_api_key",

@@ -6,6 +6,7 @@
 #include <fuse_lowlevel.h>
 #include <fcntl.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -14,9 +15,14 @@
 #include <thread>
 #include <vector>
 #include <cerrno>
+#include <climits>
 #include <csignal>
+#include <cstdlib>
 
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <memory>
 #include <new>
 
@@ -206,6 +212,14 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_fil
     reply_with(
         req, Op::Read, [&] { return core(req).read_slices(ino, fi->fh, static_cast<std::uint64_t>(offset), size); },
         [&](const ReadSlices& slices) {
+            // Tiny blocks (a manifest may say 1 byte) would need more iovecs
+            // than writev takes (libfuse adds one for the header): copy then.
+            if (slices.size() >= IOV_MAX) {
+                std::string joined(slices_size(slices), '\0');
+                copy_slices(slices, joined.data());
+                fuse_reply_buf(req, joined.data(), joined.size());
+                return;
+            }
             std::vector<iovec> iov;
             iov.reserve(slices.size());
             for (const ReadSlice& s : slices) iov.push_back(iovec{const_cast<char*>(s.data), s.size});
@@ -454,6 +468,56 @@ private:
     std::thread thread_;
 };
 
+// "MAJ:MIN" of the FUSE filesystem mounted at `resolved` (a path with no
+// symlinks), from /proc/self/mountinfo; the last mount there wins. Neither
+// stat() nor realpath() of the mountpoint: once mounted, they would ask this
+// very daemon, whose loop is not running yet.
+std::string mount_device(const std::string& resolved) {
+    std::ifstream in("/proc/self/mountinfo");
+    std::string line, found;
+    while (std::getline(in, line)) {
+        // id parent MAJ:MIN root mountpoint options ... - fstype source ...
+        std::istringstream fields(line);
+        std::string id, parent, dev, root, point;
+        if (!(fields >> id >> parent >> dev >> root >> point)) continue;
+        std::string unescaped;  // mountinfo writes ' ', '\t', '\n' and '\\' as \ooo
+        for (std::size_t i = 0; i < point.size(); ++i) {
+            auto octal = [&](std::size_t k) { return k < point.size() && point[k] >= '0' && point[k] <= '7'; };
+            if (point[i] == '\\' && octal(i + 1) && octal(i + 2) && octal(i + 3)) {
+                unescaped += static_cast<char>((point[i + 1] - '0') * 64 + (point[i + 2] - '0') * 8 + (point[i + 3] - '0'));
+                i += 3;
+            } else {
+                unescaped += point[i];
+            }
+        }
+        auto dash = line.find(" - ");
+        bool is_fuse = dash != std::string::npos && line.compare(dash + 3, 4, "fuse") == 0;
+        if (unescaped == resolved && is_fuse) found = dev;
+    }
+    return found;
+}
+
+void set_read_ahead(const std::string& resolved, unsigned kb) {
+    std::string dev = mount_device(resolved);
+    if (dev.empty()) {
+        log::info("fuse", "read-ahead left at the kernel's default: no FUSE mount at " + resolved +
+                              " in /proc/self/mountinfo");
+        return;
+    }
+    std::string path = "/sys/class/bdi/" + dev + "/read_ahead_kb";
+    std::string value = std::to_string(kb) + "\n";
+    int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    bool ok = fd >= 0 && ::write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
+    int err = errno;
+    if (fd >= 0) ::close(fd);
+    if (!ok) {
+        log::info("fuse", "read-ahead left at the kernel's default (128 KiB): cannot write " + path + ": " +
+                              std::strerror(err) + (err == EACCES ? " (needs root)" : ""));
+        return;
+    }
+    log::debug("fuse", "read-ahead of " + resolved + " set to " + std::to_string(kb) + " KiB (" + path + ")");
+}
+
 }  // namespace
 
 int run_fuse(Filesystem& fs, const FuseOptions& options, std::string* error) {
@@ -475,6 +539,9 @@ int run_fuse(Filesystem& fs, const FuseOptions& options, std::string* error) {
         *error = "cannot install signal handlers";
         return 1;
     }
+    char resolved[PATH_MAX];  // before mounting: see mount_device()
+    std::string mountpoint_resolved =
+        ::realpath(options.mountpoint.c_str(), resolved) != nullptr ? resolved : options.mountpoint;
     if (fuse_session_mount(se, options.mountpoint.c_str()) != 0) {
         fuse_remove_signal_handlers(se);
         fuse_session_destroy(se);
@@ -485,6 +552,7 @@ int run_fuse(Filesystem& fs, const FuseOptions& options, std::string* error) {
     fs.set_invalidator([n = notifier.get()](InodeNo ino, InodeNo parent, const std::string& name) {
         n->push(ino, parent, name);
     });
+    if (options.read_ahead_kb != 0) set_read_ahead(mountpoint_resolved, options.read_ahead_kb);
     if (options.on_mounted) options.on_mounted();
 
     fuse_loop_config* cfg = fuse_loop_cfg_create();

@@ -303,6 +303,7 @@ int run_mount(cli::MountCommand cmd) {
     fuse_options.fuse_args = {"-o", "fsname=shelbyfs", "-o", "subtype=shelbyfs", "-o", "default_permissions"};
     fuse_options.fuse_args.insert(fuse_options.fuse_args.end(), cmd.fuse_args.begin(), cmd.fuse_args.end());
     fuse_options.max_threads = cmd.threads;
+    fuse_options.read_ahead_kb = static_cast<unsigned>(cmd.read_ahead / 1024);
     fuse_options.debug = cmd.fuse_debug;
     fuse_options.on_mounted = [&] {
         log::info("mount", "mounted " + cmd.manifest + " on " + mountpoint + ": " +

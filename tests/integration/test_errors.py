@@ -230,7 +230,7 @@ class StartupErrorTests(unittest.TestCase):
         for args in ([], ['mount'], ['mount', 'only-one-arg'], ['frobnicate'],
                      ['pack', 'only-src'], ['push', 'only-dir'], ['verify'], ['verify', 'a', 'b'],
                      ['verify', 'm.json', '--jobs', '0'], ['mount', 'm.json', 'mnt', '--profile'],
-                     ['push', 'a', 'b', '--frob']):
+                     ['push', 'a', 'b', '--frob'], ['mount', 'm.json', 'mnt', '-o', 'read_ahead=3000']):
             with self.subTest(args=args):
                 r = subprocess.run([testlib.shelbyfs_bin(), *args], capture_output=True, text=True,
                                    timeout=30)

@@ -289,6 +289,27 @@ class SmallCacheTests(MountChecks, unittest.TestCase):
             self.assert_all_samples_equal(m.path(), order)
 
 
+class TinyBlockTests(MountChecks, unittest.TestCase):
+    def test_512_byte_blocks_serve_1_mib_reads(self):
+        # A 1 MiB read spans 2,048 blocks: more pieces than one writev takes,
+        # so the reply is assembled in a buffer instead.
+        out = os.path.join(G['tmp'], 'out-tiny')
+        testlib.pack(G['src'], out, '--shard-size', SHARD_SIZE, '--block-size', '512')
+        self.assertEqual(testlib.read_manifest(out)['block_size'], 512)
+        with testlib.Mount(os.path.join(out, 'manifest.json')) as m:
+            for name in shard_names():
+                with self.subTest(shard=name):
+                    want = testlib.read_file(os.path.join(out, name))
+                    fd = os.open(m.path(os.path.join('shards', name)), os.O_RDONLY)
+                    try:
+                        got = os.pread(fd, MiB, 0)
+                    finally:
+                        os.close(fd)
+                    self.assertEqual(len(got), min(MiB, len(want)))
+                    self.assertTrue(got == want[:MiB], f'{name}: bytes differ')
+            self.assert_all_samples_equal(m.path())
+
+
 class ConcurrencyTests(unittest.TestCase):
     def run_threads(self, n, work):
         barrier = threading.Barrier(n, timeout=30)
@@ -336,6 +357,27 @@ class ConcurrencyTests(unittest.TestCase):
                 finally:
                     os.close(fd)
             self.run_threads(8, work)
+
+
+class ReadAheadTests(unittest.TestCase):
+    @staticmethod
+    def read_ahead_kb(mnt):
+        st = os.stat(mnt)
+        with open(f'/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb') as f:
+            return int(f.read())
+
+    def test_read_ahead_is_one_block_by_default_and_settable(self):
+        if os.geteuid() != 0:
+            self.skipTest('writing /sys/class/bdi needs root')
+        shard = shard_names()[0]
+        want_bytes = testlib.read_file(os.path.join(G['out'], shard))
+        # 0 keeps what the kernel gives a new FUSE mount: 128 KiB.
+        for options, want_kb in (([], 1024), (['read_ahead=256KiB'], 256), (['read_ahead=0'], 128)):
+            with self.subTest(options=options):
+                with testlib.Mount(G['url'], options=options) as m:
+                    self.assertEqual(self.read_ahead_kb(m.path()), want_kb)
+                    got = testlib.read_file(os.path.join(m.path('shards'), shard))
+                    self.assertTrue(got == want_bytes, f'{shard}: bytes differ')
 
 
 class LifecycleTests(unittest.TestCase):
