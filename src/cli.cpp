@@ -75,8 +75,8 @@ mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint>`.
   -o prefetch=N       prefetch up to N blocks ahead of a sequential reader
                       of a shard (default 32; 0 turns prefetch off)
   -o read_ahead=SIZE  the kernel's read-ahead for this mount, set through
-                      /sys/class/bdi (needs root; default 1MiB, one request
-                      per block; 0 keeps the kernel's 128KiB)
+                      /sys/class/bdi (needs root; 4KiB..1MiB, default 1MiB:
+                      one request per block; 0 keeps the kernel's 128KiB)
   -o threads=N        FUSE worker threads (default 16)
   -o retries=N        retries of a failed HTTP request (default 5)
   -o timeout=SECS     abort a transfer that stalls this long (default 30)
@@ -183,8 +183,10 @@ std::string apply_mount_option(MountCommand& m, std::string_view opt) {
         m.prefetch = static_cast<std::uint32_t>(*v);
     } else if (key == "read_ahead") {
         auto v = need_value() ? std::nullopt : parse_size(value);
-        if (!v || (*v != 0 && (*v < 4096 || *v > 64ull * 1024 * 1024 || *v % 1024 != 0)))
-            return "bad -o read_ahead: '" + std::string(value) + "' (want 0, or 4KiB..64MiB in whole KiB)";
+        // At most 1 MiB: the INIT reply (max_readahead, fuse_adapter.cpp)
+        // caps it there, and no request is larger anyway.
+        if (!v || (*v != 0 && (*v < 4096 || *v > 1024 * 1024 || *v % 1024 != 0)))
+            return "bad -o read_ahead: '" + std::string(value) + "' (want 0, or 4KiB..1MiB in whole KiB)";
         m.read_ahead = *v;
     } else if (key == "threads") {
         auto v = need_value() ? std::nullopt : parse_count(value, 1, 1024);

@@ -174,11 +174,12 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
                [&](const Attr& a) { fuse_reply_attr(req, &a.st, a.ttl); });
 }
 
-// A checkpoint opened for writing bypasses the kernel's page cache: the
+// A checkpoint opened write-only bypasses the kernel's page cache: the
 // writer's pages go straight into the request (one copy less, and no second
-// cache of bytes that are about to sit in the spool). The price: such a
-// handle cannot be mmap'ed shared, which no checkpoint saver does.
-bool writes_direct(int flags) { return (flags & O_ACCMODE) != O_RDONLY; }
+// cache of bytes that are about to sit in the spool). O_RDWR keeps the page
+// cache: the kernel refuses MAP_SHARED on a direct-I/O descriptor, and
+// np.memmap, LMDB or SQLite map files they open read-write.
+bool writes_direct(int flags) { return (flags & O_ACCMODE) == O_WRONLY; }
 
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     reply_with(req, Op::Open, [&] { return core(req).open(ino, fi->flags); },
@@ -507,8 +508,9 @@ void set_read_ahead(const std::string& resolved, unsigned kb) {
     std::string path = "/sys/class/bdi/" + dev + "/read_ahead_kb";
     std::string value = std::to_string(kb) + "\n";
     int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-    bool ok = fd >= 0 && ::write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
-    int err = errno;
+    ssize_t n = fd >= 0 ? ::write(fd, value.data(), value.size()) : -1;
+    bool ok = n == static_cast<ssize_t>(value.size());
+    int err = n >= 0 && !ok ? EIO : errno;
     if (fd >= 0) ::close(fd);
     if (!ok) {
         log::info("fuse", "read-ahead left at the kernel's default (128 KiB): cannot write " + path + ": " +

@@ -247,12 +247,13 @@ int run_mount(cli::MountCommand cmd) {
     // the kernel; glibc keeps them otherwise, ~140 MiB of idle RSS.
     ::malloc_trim(0);
     // From here on memory churns in block-sized pieces (fetched blocks,
-    // evicted blocks). glibc's defaults hand each freed block back to the
-    // kernel (mmap'd chunks, a ~2 MiB trim threshold) and fault a zeroed one
-    // in for the next: 20% of the daemon's CPU in a cold 1 GiB read. Keep
-    // blocks up to 32 MiB on the heap and up to 64 MiB free at its top.
+    // evicted blocks). glibc's default hands many freed blocks back to the
+    // kernel (each one mmap'd until its dynamic threshold adapts) and faults
+    // a zeroed one in for the next: 20% of the daemon's CPU in a cold 1 GiB
+    // read. Keep blocks up to 32 MiB on the heap; trim a heap's top beyond
+    // 2 MiB as before, so idle memory still goes back (RSS stays bounded).
     ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    ::mallopt(M_TRIM_THRESHOLD, 64 << 20);
+    ::mallopt(M_TRIM_THRESHOLD, 2 << 20);
 
     // Checkpoints: an explicit -o checkpoints that cannot be used fails the
     // mount; the default location only warns (a read-only dataset server).

@@ -19,6 +19,7 @@ import datetime
 import errno
 import itertools
 import json
+import mmap
 import os
 import random
 import shutil
@@ -689,6 +690,27 @@ class WriterTests(CheckpointCase):
         # truncate(2) reports success, so the result must be published too.
         with self.mount(url, self.spool()) as m:
             self.assert_content(self.ck(m, 'rw/random.bin'), bytes(model))
+        self.assert_store_sound(root)
+
+    def test_shared_mmap_of_a_read_write_descriptor_is_saved(self):
+        # np.memmap(mode='w+'), LMDB and SQLite map what they open read-write.
+        # (Write-only descriptors use direct I/O; they cannot be mapped anyway.)
+        url, root = self.http_store()
+        data = seeded(256 * KiB, 61)
+        with self.mount(url, self.spool()) as m:
+            path = self.ck(m, 'mapped.bin')
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.ftruncate(fd, len(data))
+                with mmap.mmap(fd, len(data), mmap.MAP_SHARED) as mm:
+                    mm[:] = data
+                    mm.flush()
+            finally:
+                os.close(fd)
+            self.assert_content(path, data)
+            self.assert_hash_xattr(path, ckpt.xxh128(data))
+        with self.mount(url, self.spool()) as m:
+            self.assert_content(self.ck(m, 'mapped.bin'), data)
         self.assert_store_sound(root)
 
     def test_full_spool_gives_enospc(self):
