@@ -12,6 +12,7 @@
 #include <future>
 #include <random>
 
+#include "shelbyfs/http_client.h"
 #include "shelbyfs/log.h"
 
 namespace shelbyfs {
@@ -114,6 +115,12 @@ struct Checkpoints::OpenState {
     std::atomic<std::uint64_t> size{0};     // for getattr without the mutex
     int writers = 0;      // writable handles sharing it (under tree_mutex_)
     std::atomic<bool> failed{false};  // a write or close failed: detached, never published
+    // The upload that follows the writes (HTTP stores): it has been handed
+    // [0, streamed) of the spool file, under the temporary key stream_key.
+    std::unique_ptr<StreamingPut> stream;
+    std::string stream_key;
+    std::uint64_t streamed = 0;
+    bool no_stream = false;  // a write out of order, a truncate or a save: upload at close instead
 };
 
 struct Checkpoints::Node {
@@ -446,6 +453,76 @@ Result<void> Checkpoints::upload(const ObjectRef& object, const std::string& dat
     return {};
 }
 
+// Streams start once a file written strictly in order (each write where the
+// last one ended) holds kStreamFrom bytes: below that the upload at close is
+// short anyway, and the temporary name costs a MOVE. Called under open.mutex.
+void Checkpoints::follow_with_stream(OpenState& open, std::uint64_t offset, std::size_t size) {
+    constexpr std::uint64_t kStreamFrom = 8 << 20;
+    if (open.no_stream) return;
+    if (open.stream) {
+        if (offset != open.streamed) {
+            stop_stream(open);  // bytes already sent may be changing
+            return;
+        }
+        open.streamed += size;
+        open.stream->extend(open.streamed);
+        return;
+    }
+    const std::uint64_t end = open.file->size();
+    if (offset + size != end || end < kStreamFrom) return;
+    open.stream_key = "uploads/" + writer_ + "-" + std::to_string(stream_seq_.fetch_add(1) + 1);
+    open.stream = store_.begin_stream(open.stream_key, open.file->path());
+    if (!open.stream) {
+        open.no_stream = true;
+        return;
+    }
+    open.streamed = end;
+    open.stream->extend(end);
+}
+
+// Abandon the stream (its PUT never completes, so nothing appears under its
+// key on a WebDAV server); the file is uploaded whole at close.
+void Checkpoints::stop_stream(OpenState& open) {
+    open.stream.reset();
+    open.no_stream = true;
+}
+
+// Best effort: a leftover temporary object is garbage, not damage.
+void Checkpoints::discard_stream_object(const std::string& key) {
+    if (auto r = store_.remove(key); !r) log::warn("checkpoint", "cannot delete a temporary upload: " + r.error().message);
+}
+
+// Complete the stream and give its object the content-addressed name. Any
+// failure leaves the caller to upload from the spool (the usual path).
+Result<void> Checkpoints::finish_stream(OpenState& open, const ObjectRef& object) {
+    std::unique_ptr<StreamingPut> stream = std::move(open.stream);
+    open.no_stream = true;  // later saves of this open file upload at close
+    if (open.streamed != object.size) return make_error(Errc::Io, "the stream did not carry the whole file");
+    if (auto sent = stream->finish(object.size); !sent) return sent;
+    stream.reset();
+    std::string key = object_key(object.hash);
+    auto existing = store_.head(key);
+    if (existing && *existing == object.size) {
+        discard_stream_object(open.stream_key);
+        deduplicated_.fetch_add(1);
+        return {};
+    }
+    if (auto moved = store_.move(open.stream_key, key); !moved) {
+        discard_stream_object(open.stream_key);
+        return moved;
+    }
+    auto check = store_.head(key);
+    if (!check) return make_error(check.error().code, "verifying the upload of " + key + ": " + check.error().message);
+    if (*check != object.size)
+        return make_error(Errc::Integrity, "verifying the upload of " + key + ": the store has " +
+                                               std::to_string(*check) + " bytes, " + std::to_string(object.size) +
+                                               " were sent");
+    uploads_.fetch_add(1);
+    upload_bytes_.fetch_add(object.size);
+    streamed_.fetch_add(1);
+    return {};
+}
+
 // Finish the uploads a dead mount journaled. Each journal holds the exact
 // record (key included) the dead mount was about to write, so finishing it
 // keeps its place in time: a later unlink or rename still wins, and a record
@@ -552,7 +629,13 @@ Result<void> Checkpoints::publish(InodeNo ino, OpenState& open) {
     // mid-upload is finished by the next mount.
     auto ticket = spool_->journal(*open.file, next_record({*op}));
     if (!ticket) return fail(std::move(ticket).error());
-    auto up = upload(*ref, open.file->path());
+    Result<void> up = make_error(Errc::Io, "not streamed");
+    if (open.stream) {
+        up = finish_stream(open, *ref);
+        if (!up)
+            log::info("checkpoint", "uploading \"" + path + "\" again from the spool: " + up.error().message);
+    }
+    if (!up) up = upload(*ref, open.file->path());
     if (!up) {
         spool_->drop(*ticket);
         return fail(std::move(up).error());
@@ -642,6 +725,7 @@ Result<std::shared_ptr<Checkpoints::OpenState>> Checkpoints::begin_write(InodeNo
     }
     if (truncate) {
         std::lock_guard fl(joined->mutex);
+        stop_stream(*joined);
         auto t = joined->file->truncate(0);
         if (t) {
             joined->size = 0;
@@ -886,6 +970,7 @@ Result<std::size_t> Checkpoints::write(FileHandle fh, std::uint64_t offset, cons
         }
         h.open->size = h.open->file->size();
         h.open->dirty = true;
+        follow_with_stream(*h.open, offset, size);
     }
     std::lock_guard lock(tree_mutex_);
     node(h.ino).mtime_ns = now_ns();
@@ -965,7 +1050,10 @@ Result<Attr> Checkpoints::setattr(InodeNo ino, const SetAttrRequest& req, FileHa
         {
             std::lock_guard fl(os->mutex);
             if (os->failed) r = make_error(Errc::Io, "an earlier write or close of this file failed");
-            else r = os->file->truncate(*req.size);
+            else {
+                stop_stream(*os);
+                r = os->file->truncate(*req.size);
+            }
             if (r) {
                 os->size = *req.size;
                 os->dirty = true;
@@ -1256,7 +1344,7 @@ Result<void> Checkpoints::removexattr(InodeNo ino, std::string_view name) {
 }
 
 Checkpoints::Stats Checkpoints::stats() const {
-    return Stats{uploads_.load(), upload_bytes_.load(), deduplicated_.load(), records_.load(),
+    return Stats{uploads_.load(), upload_bytes_.load(), deduplicated_.load(), streamed_.load(), records_.load(),
                  failures_.load(), spool_->used(), spool_->limit()};
 }
 

@@ -11,6 +11,7 @@
 #include <cctype>
 #include <cerrno>
 #include <charconv>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -580,6 +581,185 @@ bool g_curl_init_ok = false;
 
 }  // namespace
 
+// ---- StreamingPut ----
+
+// One streaming PUT: the state its thread and its handle share. The thread
+// runs curl_easy_perform() with a read callback that waits for extend() and
+// finish(); HttpClient::Impl owns the thread and joins it.
+struct StreamState {
+    std::string url;
+    std::string path;
+    int fd = -1;
+    HttpOptions options;
+
+    std::mutex mutex;
+    std::condition_variable cv;
+    std::uint64_t available = 0;  // [0, available) of the file is written and may be sent
+    std::uint64_t final_size = 0;
+    bool finished = false;  // finish() was called: final_size is known
+    std::atomic<bool> abandoned{false};
+    bool done = false;  // the transfer is over; `result` holds its verdict
+    Result<void> result;
+    std::uint64_t sent = 0;
+    std::string error_body;
+    std::string read_error;
+    std::thread thread;
+
+    ~StreamState() {
+        if (fd >= 0) ::close(fd);
+    }
+
+    std::string describe() const { return "streaming PUT " + url + " from " + path; }
+
+    static std::size_t on_read(char* buffer, std::size_t size, std::size_t count, void* user) {
+        auto& st = *static_cast<StreamState*>(user);
+        std::unique_lock lock(st.mutex);
+        // The writer may pause (a training step between two saves of tensors);
+        // a pause longer than the stall timeout ends the stream, and the
+        // caller uploads the finished file instead.
+        const bool ready = st.cv.wait_for(lock, st.options.stall_timeout, [&] {
+            return st.abandoned.load() || st.sent < st.available || (st.finished && st.sent >= st.final_size);
+        });
+        if (st.abandoned.load()) return CURL_READFUNC_ABORT;
+        if (!ready) {
+            st.read_error = "nothing was written to the file for " +
+                            std::to_string(st.options.stall_timeout.count() / 1000) + " s";
+            return CURL_READFUNC_ABORT;
+        }
+        if (st.finished && st.sent >= st.final_size) return 0;  // the end of the body
+        const std::uint64_t offset = st.sent;
+        const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(size * count, st.available - offset));
+        lock.unlock();
+        ssize_t got;
+        do {
+            got = ::pread(st.fd, buffer, n, static_cast<off_t>(offset));
+        } while (got < 0 && errno == EINTR);
+        const int err = errno;
+        lock.lock();
+        if (got <= 0) {
+            st.read_error = got == 0 ? "the file ended at byte " + std::to_string(offset)
+                                     : std::string("reading it failed: ") + std::strerror(err);
+            return CURL_READFUNC_ABORT;
+        }
+        st.sent += static_cast<std::uint64_t>(got);
+        return static_cast<std::size_t>(got);
+    }
+
+    static std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user) {
+        auto& st = *static_cast<StreamState*>(user);
+        const std::size_t n = size * count;
+        std::lock_guard lock(st.mutex);
+        if (st.error_body.size() < 4096) st.error_body.append(data, std::min<std::size_t>(n, 4096 - st.error_body.size()));
+        return n;
+    }
+
+    // Called about once a second even while the server is not reading: an
+    // abandoned stream stops then.
+    static int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+        return static_cast<StreamState*>(user)->abandoned.load() ? 1 : 0;
+    }
+
+    void run() {
+        Result<void> verdict = transfer();
+        std::lock_guard lock(mutex);
+        ::close(fd);  // now: the spool file may be unlinked, and its space must come back
+        fd = -1;
+        result = std::move(verdict);
+        done = true;
+        cv.notify_all();
+    }
+
+    Result<void> transfer() {
+        CURL* e = curl_easy_init();
+        if (e == nullptr) return make_error(Errc::Internal, describe() + ": curl_easy_init failed");
+        // Chunked: the size is unknown until the file is closed. No
+        // "Expect: 100-continue" round trip.
+        curl_slist* headers = curl_slist_append(nullptr, "Transfer-Encoding: chunked");
+        if (headers != nullptr) headers = curl_slist_append(headers, "Expect:");
+        char error_buffer[CURL_ERROR_SIZE] = {};
+        curl_easy_setopt(e, CURLOPT_URL, url.c_str());
+        curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+        curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(-1));
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
+        curl_easy_setopt(e, CURLOPT_READFUNCTION, &StreamState::on_read);
+        curl_easy_setopt(e, CURLOPT_READDATA, this);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &StreamState::on_body);
+        curl_easy_setopt(e, CURLOPT_WRITEDATA, this);
+        curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, &StreamState::on_progress);
+        curl_easy_setopt(e, CURLOPT_XFERINFODATA, this);
+        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, error_buffer);
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options.connect_timeout.count()));
+        curl_easy_setopt(e, CURLOPT_USERAGENT, options.user_agent.c_str());
+        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+        curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+        curl_easy_setopt(e, CURLOPT_PROTOCOLS, static_cast<long>(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+        const CURLcode rc = headers == nullptr ? CURLE_OUT_OF_MEMORY : curl_easy_perform(e);
+        long status = 0;
+        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_cleanup(e);
+        curl_slist_free_all(headers);
+
+        std::lock_guard lock(mutex);
+        if (abandoned.load()) return make_error(Errc::Io, describe() + ": abandoned");
+        if (!read_error.empty()) return make_error(Errc::Io, describe() + ": " + read_error);
+        if (rc != CURLE_OK)
+            return make_error(Errc::Network,
+                              describe() + ": " + (error_buffer[0] != 0 ? error_buffer : curl_easy_strerror(rc)));
+        if (status < 200 || status > 299)
+            return make_error(Errc::HttpStatus,
+                              describe() + ": HTTP " + std::to_string(status) + error_summary(error_body));
+        if (!finished || sent != final_size)
+            return make_error(Errc::Io, describe() + ": sent " + std::to_string(sent) + " bytes, not the whole file");
+        return {};
+    }
+};
+
+class StreamingPutHandle final : public StreamingPut {
+public:
+    explicit StreamingPutHandle(std::shared_ptr<StreamState> state) : state_(std::move(state)) {}
+    ~StreamingPutHandle() override {
+        std::lock_guard lock(state_->mutex);
+        if (!state_->done) state_->abandoned = true;
+        state_->cv.notify_all();
+    }
+    StreamingPutHandle(const StreamingPutHandle&) = delete;
+    StreamingPutHandle& operator=(const StreamingPutHandle&) = delete;
+
+    void extend(std::uint64_t size) override {
+        std::lock_guard lock(state_->mutex);
+        if (state_->finished || size <= state_->available) return;
+        state_->available = size;
+        state_->cv.notify_all();
+    }
+
+    Result<void> finish(std::uint64_t size) override {
+        std::unique_lock lock(state_->mutex);
+        if (state_->finished) return make_error(Errc::Internal, state_->describe() + ": finished twice");
+        if (size < state_->available) {
+            state_->abandoned = true;
+            state_->cv.notify_all();
+            state_->cv.wait(lock, [&] { return state_->done; });
+            return make_error(Errc::Io, state_->describe() + ": the file shrank to " + std::to_string(size) + " bytes");
+        }
+        state_->final_size = size;
+        state_->available = size;
+        state_->finished = true;
+        state_->cv.notify_all();
+        state_->cv.wait(lock, [&] { return state_->done; });
+        return state_->result;
+    }
+
+private:
+    std::shared_ptr<StreamState> state_;
+};
+
 struct HttpClient::Impl {
     explicit Impl(HttpOptions options) : options_(std::move(options)) {
         options_.max_connections = std::max(options_.max_connections, 1L);
@@ -601,6 +781,15 @@ struct HttpClient::Impl {
     }
 
     ~Impl() {
+        {
+            std::lock_guard lock(streams_mutex_);
+            for (auto& st : streams_) {
+                std::lock_guard sl(st->mutex);
+                if (!st->done) st->abandoned = true;
+                st->cv.notify_all();
+            }
+        }
+        for (auto& st : streams_) st->thread.join();
         if (multi_ == nullptr) return;
         {
             std::lock_guard lock(queue_mutex_);
@@ -610,6 +799,37 @@ struct HttpClient::Impl {
         thread_.join();
         for (CURL* easy : idle_) curl_easy_cleanup(easy);
         curl_multi_cleanup(multi_);
+    }
+
+    Result<std::unique_ptr<StreamingPut>> start_stream(const std::string& url, const std::string& path) {
+        if (multi_ == nullptr) return make_error(Errc::Internal, "streaming PUT " + url + ": libcurl failed to initialise");
+        auto st = std::make_shared<StreamState>();
+        st->url = url;
+        st->path = path;
+        st->options = options_;
+        st->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (st->fd < 0) {
+            const int err = errno;
+            return make_error(Errc::Io, st->describe() + ": cannot open: " + std::strerror(err));
+        }
+        std::lock_guard lock(streams_mutex_);
+        // Join the streams that ended since the last start.
+        for (auto it = streams_.begin(); it != streams_.end();) {
+            bool done = false;
+            {
+                std::lock_guard sl((*it)->mutex);
+                done = (*it)->done;
+            }
+            if (done) {
+                (*it)->thread.join();
+                it = streams_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        st->thread = std::thread([raw = st.get()] { raw->run(); });
+        streams_.push_back(st);
+        return std::unique_ptr<StreamingPut>(std::make_unique<StreamingPutHandle>(std::move(st)));
     }
 
     // Queues `job`; the caller took its future beforehand.
@@ -1035,6 +1255,8 @@ struct HttpClient::Impl {
     std::atomic<std::uint64_t> bytes_sent_{0};
     std::atomic<std::uint64_t> connections_{0};
 
+    std::mutex streams_mutex_;
+    std::vector<std::shared_ptr<StreamState>> streams_;  // running, or ended and not yet joined
     std::thread thread_;  // last: started after everything above exists
 };
 
@@ -1098,6 +1320,10 @@ std::future<Result<void>> HttpClient::put_file(const std::string& url, const std
     return impl_->submit_put(url, std::move(source).value(), RequestOptions{std::move(headers), {}});
 }
 
+Result<std::unique_ptr<StreamingPut>> HttpClient::stream_put(const std::string& url, const std::string& path) {
+    return impl_->start_stream(url, path);
+}
+
 std::future<Result<std::uint64_t>> HttpClient::head(const std::string& url, RequestOptions options) {
     auto job = std::make_unique<Job>();
     job->kind = Kind::Head;
@@ -1117,7 +1343,7 @@ std::future<Result<HttpResponse>> HttpClient::send(HttpRequest request) {
     auto& promise = job->promise.emplace<3>();
     auto future = promise.get_future();
     const std::string& m = job->method;
-    if (m != "GET" && m != "HEAD" && m != "PUT" && m != "POST" && m != "DELETE") {
+    if (m != "GET" && m != "HEAD" && m != "PUT" && m != "POST" && m != "DELETE" && m != "MOVE") {
         promise.set_value(make_error(Errc::InvalidArgument, m + " " + job->url + ": unsupported method"));
         return future;
     }

@@ -342,7 +342,8 @@ int run_mount(cli::MountCommand cmd) {
     if (checkpoints) {
         auto ck = checkpoints->stats();
         log::info("mount", "checkpoints: uploaded " + std::to_string(ck.uploads) + " objects (" +
-                               format_size(ck.upload_bytes) + "), " + std::to_string(ck.deduplicated) +
+                               format_size(ck.upload_bytes) + ", " + std::to_string(ck.streamed) +
+                               " streamed while written), " + std::to_string(ck.deduplicated) +
                                " already stored, " + std::to_string(ck.records) + " index records, " +
                                std::to_string(ck.failures) + " failed saves");
     }

@@ -21,6 +21,7 @@
 #include <utility>
 
 #include "shelbyfs/http_client.h"
+#include "shelbyfs/log.h"
 #include "shelbyfs/manifest.h"
 
 namespace shelbyfs {
@@ -578,6 +579,36 @@ public:
         }
     }
 
+    std::unique_ptr<StreamingPut> begin_stream(const std::string& key, const std::string& path) override {
+        if (!check_key(key, base_)) return nullptr;
+        auto s = http_.stream_put(location(key), path);
+        if (!s) {
+            log::warn("checkpoint", s.error().message);
+            return nullptr;
+        }
+        return std::move(s).value();
+    }
+
+    Result<void> move(const std::string& from, const std::string& to) override {
+        if (auto ok = check_key(from, base_); !ok) return ok;
+        if (auto ok = check_key(to, base_); !ok) return ok;
+        HttpRequest r;
+        r.method = "MOVE";
+        r.url = location(from);
+        r.options.headers = {"Destination: " + location(to), "Overwrite: T"};
+        if (auto res = http_.send(std::move(r)).get(); !res) return failure("move", from, std::move(res).error());
+        return {};
+    }
+
+    Result<void> remove(const std::string& key) override {
+        if (auto ok = check_key(key, base_); !ok) return ok;
+        HttpRequest r;
+        r.method = "DELETE";
+        r.url = location(key);
+        if (auto res = http_.send(std::move(r)).get(); !res) return failure("delete", key, std::move(res).error());
+        return {};
+    }
+
 private:
     Error failure(const std::string& op, const std::string& key, Error cause) const {
         return make_error(cause.code, op + " '" + printable(key) + "' in " + base_ + ": " + cause.message);
@@ -657,6 +688,16 @@ Result<void> check_list_prefix(const std::string& prefix, const std::string& bas
 }
 bool is_listable_key_name(std::string_view name) { return is_listable_name(name); }
 std::string printable_key(std::string_view key) { return printable(key); }
+
+std::unique_ptr<StreamingPut> ObjectStore::begin_stream(const std::string&, const std::string&) { return nullptr; }
+
+Result<void> ObjectStore::move(const std::string& from, const std::string&) {
+    return make_error(Errc::NotSupported, "move '" + printable_key(from) + "' in " + describe() + ": not supported");
+}
+
+Result<void> ObjectStore::remove(const std::string& key) {
+    return make_error(Errc::NotSupported, "delete '" + printable_key(key) + "' in " + describe() + ": not supported");
+}
 
 Result<std::unique_ptr<ObjectStore>> open_object_store(const std::string& location, HttpClient* http) {
     if (location.empty()) return make_error(Errc::InvalidArgument, "object store location is empty");

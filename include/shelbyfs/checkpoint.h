@@ -3,7 +3,9 @@
 // Files are written into a local spool. On flush (close) or fsync their
 // bytes are hashed (XXH3-128), uploaded to the store as objects/<hash>
 // unless already there, verified (the store reports the right size), and
-// only then is the name published by an immutable index record. The call
+// only then is the name published by an immutable index record. On an HTTP
+// store, a file written in order is sent while it is written, to a
+// temporary uploads/ key that close() renames (MOVE) to objects/<hash>. The call
 // returns once all of that is durable; any failure returns an error (EIO)
 // and publishes nothing. Objects and records are never overwritten or
 // deleted; every version of every name stays readable under .versions/.
@@ -95,6 +97,7 @@ public:
         std::uint64_t uploads = 0;         ///< objects uploaded
         std::uint64_t upload_bytes = 0;
         std::uint64_t deduplicated = 0;    ///< publishes whose object was already stored
+        std::uint64_t streamed = 0;        ///< uploads sent while the file was written
         std::uint64_t records = 0;         ///< index records written
         std::uint64_t failures = 0;        ///< publishes that failed
         std::uint64_t spool_used = 0;
@@ -143,6 +146,11 @@ private:
     IndexRecord next_record(std::vector<IndexOp> ops);
     Result<void> write_record(const IndexRecord& record);
     Result<void> upload(const ObjectRef& object, const std::string& data_path);
+    // Streamed uploads: a file written in order is sent while it is written.
+    void follow_with_stream(OpenState& open, std::uint64_t offset, std::size_t size);
+    static void stop_stream(OpenState& open);
+    Result<void> finish_stream(OpenState& open, const ObjectRef& object);
+    void discard_stream_object(const std::string& key);
     Result<void> publish(InodeNo ino, OpenState& open);
     Result<void> record_meta_locked(InodeNo ino);
     Result<void> change_xattrs(InodeNo ino, const std::function<Result<void>(XattrMap&)>& edit);
@@ -176,7 +184,8 @@ private:
 
     Invalidator invalidate_;
 
-    std::atomic<std::uint64_t> uploads_{0}, upload_bytes_{0}, deduplicated_{0}, records_{0}, failures_{0};
+    std::atomic<std::uint64_t> uploads_{0}, upload_bytes_{0}, deduplicated_{0}, records_{0}, failures_{0}, streamed_{0};
+    std::atomic<std::uint64_t> stream_seq_{0};
 };
 
 }  // namespace shelbyfs

@@ -66,13 +66,29 @@ struct HttpResponse {
 /// byte range [file_offset, file_offset + file_length) of `body_file`
 /// (streamed with pread(), re-read on every attempt).
 struct HttpRequest {
-    std::string method = "GET";  ///< GET, HEAD, PUT, POST or DELETE
+    std::string method = "GET";  ///< GET, HEAD, PUT, POST, DELETE or MOVE (WebDAV; no body)
     std::string url;
     RequestOptions options;
     std::shared_ptr<const std::string> body;
     std::string body_file;
     std::uint64_t file_offset = 0;
     std::uint64_t file_length = UINT64_MAX;  ///< UINT64_MAX: to the end of the file
+};
+
+/// A PUT of a local file that is still being written, sent as it grows
+/// (chunked transfer encoding) so the upload overlaps the writes. Each runs on
+/// a thread of its own that HttpClient owns. Never retried: a failed stream
+/// is the caller's cue to upload the finished file with put_file().
+/// Destroying the handle before finish() abandons the transfer.
+class StreamingPut {
+public:
+    virtual ~StreamingPut() = default;
+    /// Bytes [0, size) of the file are written and may be sent.
+    virtual void extend(std::uint64_t size) = 0;
+    /// The file is complete at `size` (at least every extend()): send the
+    /// rest and wait for the server's answer. Success means a 2xx answer to
+    /// a body of exactly `size` bytes.
+    virtual Result<void> finish(std::uint64_t size) = 0;
 };
 
 /// Thread-safe. Owns one I/O thread, started in the constructor and joined in
@@ -125,6 +141,9 @@ public:
     /// Errors name the URL, size, path and cause.
     std::future<Result<void>> put_file(const std::string& url, const std::string& path,
                                        std::vector<std::string> headers = {});
+    /// Start a StreamingPut of `path` (opened here; Errc::Io if it cannot
+    /// be) to `url`. Nothing is sent before the first extend().
+    Result<std::unique_ptr<StreamingPut>> stream_put(const std::string& url, const std::string& path);
     /// HEAD `url`: the Content-Length if 200, Errc::NotFound on 404 (used to skip uploads
     /// of objects that already exist, and to verify an upload landed with the right size).
     /// Other statuses and a 200 without Content-Length give HttpStatus.

@@ -21,6 +21,7 @@
 namespace shelbyfs {
 
 class HttpClient;
+class StreamingPut;
 
 /// Thread-safe. Every call is synchronous and returns once the store has
 /// answered (after the transport's retries). Errors name the key (or prefix),
@@ -53,6 +54,18 @@ public:
     /// never listed. An HTTP store reads nginx `autoindex_format json` listings,
     /// or links in an HTML index; nginx's autoindex omits names starting with '.'.
     virtual Result<std::vector<std::string>> list(const std::string& prefix) = 0;
+
+    /// Start storing the local file `path`, still being written, under `key`
+    /// while it grows (see StreamingPut; the object exists only once finish()
+    /// succeeded). nullptr where the store cannot (the default): the caller
+    /// then uploads the finished file with put_file().
+    virtual std::unique_ptr<StreamingPut> begin_stream(const std::string& key, const std::string& path);
+    /// Rename the object `from` to `to`, replacing `to` (WebDAV MOVE): how a
+    /// streamed temporary object gets its content-addressed name.
+    /// Errc::NotSupported by default.
+    virtual Result<void> move(const std::string& from, const std::string& to);
+    /// Delete the object `key` (a temporary one). Errc::NotSupported by default.
+    virtual Result<void> remove(const std::string& key);
 };
 
 /// RFC 3986 percent-encoding: keeps A-Z a-z 0-9 - . _ ~ (and '/' if

@@ -22,6 +22,7 @@ import json
 import mmap
 import os
 import random
+import re
 import shutil
 import signal
 import stat
@@ -627,6 +628,77 @@ class StoreFailureTests(CheckpointCase):
         with self.mount(url, self.spool(), manifest=G['manifest_path']) as m:
             self.assertEqual(ckpt.xxh128_file(self.ck(m, 'crash.bin')), want)
             self.assert_content(self.ck(m, 'earlier.bin'), earlier)
+
+
+class StreamedUploadTests(CheckpointCase):
+    """A file written in order is uploaded while it is written (chunked PUT to
+    uploads/, then MOVE to objects/<hash> at close)."""
+
+    def streamed(self, m):
+        """Uploads the daemon streamed, from the statistics it logs at unmount."""
+        m.stop()
+        found = re.findall(r'(\d+) streamed while written', m.log())
+        self.assertTrue(found, 'no checkpoint statistics in the daemon log:\n' + m.log()[-2000:])
+        return int(found[-1])
+
+    def test_in_order_writes_are_uploaded_while_written(self):
+        url, root = self.http_store()
+        data = seeded(48 * MiB, 70)
+        with self.mount(url, self.spool()) as m:
+            path = self.ck(m, 'seq.bin')
+            with open(path, 'wb') as f:
+                for off in range(0, len(data), MiB):
+                    f.write(data[off:off + MiB])
+            self.assert_content(path, data)
+            self.assert_hash_xattr(path, ckpt.xxh128(data))
+            self.assertEqual(self.streamed(m), 1)
+        obj = os.path.join(root, 'objects', ckpt.xxh128(data))
+        self.assertEqual(ckpt.xxh128_file(obj), ckpt.xxh128(data))
+        self.assertEqual(os.listdir(os.path.join(root, 'uploads')), [], 'the temporary name is left')
+        self.assert_store_sound(root)
+        with self.mount(url, self.spool()) as m:
+            self.assert_content(self.ck(m, 'seq.bin'), data)
+
+    def test_rewriting_sent_bytes_abandons_the_stream(self):
+        # zipfile-style: write on, then seek back and patch a header.
+        url, root = self.http_store()
+        data = bytearray(seeded(24 * MiB, 71))
+        with self.mount(url, self.spool()) as m:
+            path = self.ck(m, 'patched.bin')
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                for off in range(0, len(data), MiB):
+                    self.assertEqual(os.write(fd, data[off:off + MiB]), MiB)
+                self.assertEqual(os.pwrite(fd, b'PATCHED', 100), 7)
+                data[100:107] = b'PATCHED'
+            finally:
+                os.close(fd)
+            self.assert_content(path, bytes(data))
+            self.assertEqual(self.streamed(m), 0)
+        obj = os.path.join(root, 'objects', ckpt.xxh128(bytes(data)))
+        self.assertEqual(ckpt.xxh128_file(obj), ckpt.xxh128(bytes(data)))
+        uploads = os.path.join(root, 'uploads')
+        self.assertEqual(os.listdir(uploads) if os.path.isdir(uploads) else [], [],
+                         'an abandoned stream left an object')
+        self.assert_store_sound(root)
+
+
+    def test_a_writer_pausing_past_the_timeout_is_uploaded_from_the_spool(self):
+        url, root = self.http_store()
+        data = seeded(12 * MiB, 72)
+        with self.mount(url, self.spool(), options=['timeout=2']) as m:
+            path = self.ck(m, 'paused.bin')
+            with open(path, 'wb') as f:
+                f.write(data[:10 * MiB])
+                f.flush()
+                time.sleep(3.5)     # longer than timeout=2: the stream gives up
+                f.write(data[10 * MiB:])
+            self.assert_content(path, data)
+            self.assertEqual(self.streamed(m), 0)
+            self.assertIn('nothing was written to the file for 2 s', m.log())
+        self.assertEqual(ckpt.xxh128_file(os.path.join(root, 'objects', ckpt.xxh128(data))),
+                         ckpt.xxh128(data))
+        self.assert_store_sound(root)
 
 
 class WriterTests(CheckpointCase):
