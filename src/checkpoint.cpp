@@ -453,9 +453,10 @@ Result<void> Checkpoints::upload(const ObjectRef& object, const std::string& dat
     return {};
 }
 
-// Streams start once a file written strictly in order (each write where the
-// last one ended) holds kStreamFrom bytes: below that the upload at close is
-// short anyway, and the temporary name costs a MOVE. Called under open.mutex.
+// A stream starts at a write that ends at the end of a file holding at least
+// kStreamFrom bytes (below that the upload at close is short anyway, and the
+// temporary name costs a MOVE); it sends the spool file as it is, then
+// follows writes that append. Called under open.mutex.
 void Checkpoints::follow_with_stream(OpenState& open, std::uint64_t offset, std::size_t size) {
     constexpr std::uint64_t kStreamFrom = 8 << 20;
     if (open.no_stream) return;
@@ -507,6 +508,13 @@ Result<void> Checkpoints::finish_stream(OpenState& open, const ObjectRef& object
         deduplicated_.fetch_add(1);
         return {};
     }
+    if (!existing && existing.error().code != Errc::NotFound) {
+        discard_stream_object(open.stream_key);
+        return std::move(existing).error();
+    }
+    if (existing)  // as upload() does: a wrong size is damage, replaced
+        log::warn("checkpoint", store_.location(key) + " has " + std::to_string(*existing) + " bytes, not " +
+                                    std::to_string(object.size) + ": replacing the damaged object");
     if (auto moved = store_.move(open.stream_key, key); !moved) {
         discard_stream_object(open.stream_key);
         return moved;
@@ -792,6 +800,7 @@ void Checkpoints::end_write(InodeNo ino, const std::shared_ptr<OpenState>& os) {
 // from now on. A never-saved file loses its name; a saved one shows its saved
 // content. Handles still open on `os` keep it, and their closes fail too.
 void Checkpoints::abandon(InodeNo ino, OpenState& os) {
+    stop_stream(os);  // callers hold os.mutex
     std::lock_guard ns(ns_mutex_);
     std::lock_guard lock(tree_mutex_);
     os.failed = true;

@@ -604,6 +604,15 @@ struct StreamState {
     std::string error_body;
     std::string read_error;
     std::thread thread;
+    // Stall detection while curl waits on the server (the writer's pauses
+    // are timed in on_read): the last time bytes moved either way.
+    std::atomic<std::int64_t> last_progress_ms{0};
+    curl_off_t seen_up = 0, seen_down = 0;  // the thread's own
+
+    static std::int64_t now_ms() {
+        return std::chrono::duration_cast<milliseconds>(Clock::now().time_since_epoch()).count();
+    }
+    void progressed() { last_progress_ms = now_ms(); }
 
     ~StreamState() {
         if (fd >= 0) ::close(fd);
@@ -626,6 +635,7 @@ struct StreamState {
                             std::to_string(st.options.stall_timeout.count() / 1000) + " s";
             return CURL_READFUNC_ABORT;
         }
+        st.progressed();  // the writer's pause, if any, is over
         if (st.finished && st.sent >= st.final_size) return 0;  // the end of the body
         const std::uint64_t offset = st.sent;
         const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(size * count, st.available - offset));
@@ -653,10 +663,25 @@ struct StreamState {
         return n;
     }
 
-    // Called about once a second even while the server is not reading: an
-    // abandoned stream stops then.
-    static int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
-        return static_cast<StreamState*>(user)->abandoned.load() ? 1 : 0;
+    // Called about once a second even while the server is not reading or not
+    // answering: an abandoned stream stops then, and so does one where no byte
+    // moved for the stall timeout (else finish() would wait for ever).
+    static int on_progress(void* user, curl_off_t, curl_off_t dlnow, curl_off_t, curl_off_t ulnow) {
+        auto& st = *static_cast<StreamState*>(user);
+        if (st.abandoned.load()) return 1;
+        if (ulnow != st.seen_up || dlnow != st.seen_down) {
+            st.seen_up = ulnow;
+            st.seen_down = dlnow;
+            st.progressed();
+            return 0;
+        }
+        if (now_ms() - st.last_progress_ms.load() > st.options.stall_timeout.count()) {
+            std::lock_guard lock(st.mutex);
+            st.read_error = "the server took nothing and said nothing for " +
+                            std::to_string(st.options.stall_timeout.count() / 1000) + " s";
+            return 1;
+        }
+        return 0;
     }
 
     void run() {
@@ -670,6 +695,7 @@ struct StreamState {
     }
 
     Result<void> transfer() {
+        progressed();
         CURL* e = curl_easy_init();
         if (e == nullptr) return make_error(Errc::Internal, describe() + ": curl_easy_init failed");
         // Chunked: the size is unknown until the file is closed. No
