@@ -430,18 +430,35 @@ Result<void> Checkpoints::write_record(const IndexRecord& record) {
 }
 
 Result<void> Checkpoints::upload(const ObjectRef& object, const std::string& data_path) {
+    return store_object(
+        object, [&](const std::string& key) { return store_.put_file(key, data_path); }, [] {});
+}
+
+// Make objects/<hash> hold `object`: nothing to do if it is already stored
+// with the right size; otherwise `place` puts the bytes under the key (a
+// wrong size there is damage, replaced), and the size is verified. `discard`
+// runs when the bytes that `place` would use are not needed or it failed.
+Result<void> Checkpoints::store_object(const ObjectRef& object,
+                                       const std::function<Result<void>(const std::string& key)>& place,
+                                       const std::function<void()>& discard) {
     std::string key = object_key(object.hash);
     auto existing = store_.head(key);
     if (existing && *existing == object.size) {
+        discard();
         deduplicated_.fetch_add(1);
         return {};
     }
-    if (!existing && existing.error().code != Errc::NotFound) return std::move(existing).error();
+    if (!existing && existing.error().code != Errc::NotFound) {
+        discard();
+        return std::move(existing).error();
+    }
     if (existing)
         log::warn("checkpoint", store_.location(key) + " has " + std::to_string(*existing) + " bytes, not " +
                                     std::to_string(object.size) + ": replacing the damaged object");
-    auto put = store_.put_file(key, data_path);
-    if (!put) return put;
+    if (auto put = place(key); !put) {
+        discard();
+        return put;
+    }
     auto check = store_.head(key);
     if (!check) return make_error(check.error().code, "verifying the upload of " + key + ": " + check.error().message);
     if (*check != object.size)
@@ -501,34 +518,12 @@ Result<void> Checkpoints::finish_stream(OpenState& open, const ObjectRef& object
     if (open.streamed != object.size) return make_error(Errc::Io, "the stream did not carry the whole file");
     if (auto sent = stream->finish(object.size); !sent) return sent;
     stream.reset();
-    std::string key = object_key(object.hash);
-    auto existing = store_.head(key);
-    if (existing && *existing == object.size) {
-        discard_stream_object(open.stream_key);
-        deduplicated_.fetch_add(1);
-        return {};
-    }
-    if (!existing && existing.error().code != Errc::NotFound) {
-        discard_stream_object(open.stream_key);
-        return std::move(existing).error();
-    }
-    if (existing)  // as upload() does: a wrong size is damage, replaced
-        log::warn("checkpoint", store_.location(key) + " has " + std::to_string(*existing) + " bytes, not " +
-                                    std::to_string(object.size) + ": replacing the damaged object");
-    if (auto moved = store_.move(open.stream_key, key); !moved) {
-        discard_stream_object(open.stream_key);
-        return moved;
-    }
-    auto check = store_.head(key);
-    if (!check) return make_error(check.error().code, "verifying the upload of " + key + ": " + check.error().message);
-    if (*check != object.size)
-        return make_error(Errc::Integrity, "verifying the upload of " + key + ": the store has " +
-                                               std::to_string(*check) + " bytes, " + std::to_string(object.size) +
-                                               " were sent");
-    uploads_.fetch_add(1);
-    upload_bytes_.fetch_add(object.size);
-    streamed_.fetch_add(1);
-    return {};
+    const std::string temp = open.stream_key;
+    auto stored = store_object(
+        object, [&](const std::string& key) { return store_.move(temp, key); },
+        [&] { discard_stream_object(temp); });
+    if (stored) streamed_.fetch_add(1);
+    return stored;
 }
 
 // Finish the uploads a dead mount journaled. Each journal holds the exact

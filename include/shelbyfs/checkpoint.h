@@ -146,6 +146,8 @@ private:
     IndexRecord next_record(std::vector<IndexOp> ops);
     Result<void> write_record(const IndexRecord& record);
     Result<void> upload(const ObjectRef& object, const std::string& data_path);
+    Result<void> store_object(const ObjectRef& object, const std::function<Result<void>(const std::string& key)>& place,
+                              const std::function<void()>& discard);
     // Streamed uploads: a file written in order is sent while it is written.
     void follow_with_stream(OpenState& open, std::uint64_t offset, std::size_t size);
     static void stop_stream(OpenState& open);
