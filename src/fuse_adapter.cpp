@@ -9,22 +9,21 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <condition_variable>
-#include <deque>
-#include <mutex>
-#include <thread>
-#include <vector>
 #include <cerrno>
 #include <climits>
+#include <condition_variable>
 #include <csignal>
 #include <cstdlib>
-
 #include <cstring>
+#include <deque>
 #include <fstream>
+#include <memory>
+#include <mutex>
+#include <new>
 #include <sstream>
 #include <string>
-#include <memory>
-#include <new>
+#include <thread>
+#include <vector>
 
 #include "shelbyfs/log.h"
 
