@@ -151,9 +151,15 @@ void DiskCache::insert(const ContentHash& hash, std::string_view bytes) noexcept
     try {
         std::string hex = hash.hex();
         std::vector<std::string> victims;
+        // Stored already (same name, same bytes) unless another mount deleted
+        // it since the index saw it: a background scan that listed the file
+        // just before that can leave a stale entry, and trusting it would
+        // never store the block again.
+        struct stat st {};
+        const bool on_disk = ::stat(path_of(hex).c_str(), &st) == 0;
         {
             std::lock_guard lock(mutex_);
-            if (index_.count(hex) != 0) return;  // stored already: same name, same bytes
+            if (index_.count(hex) != 0 && on_disk) return;
             victims = pick_victims_locked(bytes.size());
             // Reserve its bytes now, so concurrent inserts evict for it too.
             touch_locked(hex, bytes.size());

@@ -177,6 +177,7 @@ TEST_CASE("quota evicts the oldest files first, counting files found at start-up
 TEST_CASE("a file another mount deleted is a miss and is stored again") {
     TempDir dir;
     DiskCache disk(dir.path.string(), 1 << 20);
+    disk.wait_scanned();  // else the start-up scan may list the file before it goes
     std::string bytes = test::pattern(3000, 4);
     ContentHash h = ContentHash::of(bytes);
     disk.insert(h, bytes);
@@ -184,6 +185,21 @@ TEST_CASE("a file another mount deleted is a miss and is stored again") {
     CHECK_FALSE(disk.lookup(h, bytes.size()));
     CHECK(disk.stats().bytes == 0);
     disk.insert(h, bytes);
+    CHECK(disk.lookup(h, bytes.size()));
+}
+
+TEST_CASE("an index entry whose file another mount deleted does not stop a new insert") {
+    // What a start-up scan that listed the file just before it went leaves behind.
+    TempDir dir;
+    DiskCache disk(dir.path.string(), 1 << 20);
+    disk.wait_scanned();
+    std::string bytes = test::pattern(3000, 6);
+    ContentHash h = ContentHash::of(bytes);
+    disk.insert(h, bytes);
+    fs::remove(block_path(dir.path, h));
+    disk.insert(h, bytes);  // no lookup in between: the entry is still indexed
+    CHECK(fs::exists(block_path(dir.path, h)));
+    CHECK(disk.stats().bytes == 3000);
     CHECK(disk.lookup(h, bytes.size()));
 }
 
