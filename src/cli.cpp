@@ -57,10 +57,12 @@ mount: present <manifest> (a path or a URL, see Locations) at <mountpoint>:
                                 immutable objects named by their XXH3-128 hash
 Blocks are fetched on demand with range requests, verified against the
 manifest's hashes, and kept in an in-memory LRU cache. A file written under
-checkpoints/ is uploaded when it is closed or fsynced, and close()/fsync()
-return only once it is stored (EIO if it could not be). Every earlier version
-stays readable under checkpoints/.versions/. The command returns once the
-mount is ready and leaves a daemon; unmount with `fusermount3 -u <mountpoint>`.
+checkpoints/ is uploaded when it is closed or fsynced (on a WebDAV store, a
+file being appended to is sent while it is written, from 8 MiB on), and
+close()/fsync() return only once it is stored (EIO if it could not be).
+Every earlier version stays readable under checkpoints/.versions/. The
+command returns once the mount is ready and leaves a daemon; unmount with
+`fusermount3 -u <mountpoint>`.
   -f                  stay in the foreground, logging to stderr
   -d                  foreground with libfuse's request trace
   -o cache_size=SIZE  block cache budget (default 512MiB; at least the
