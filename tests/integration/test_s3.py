@@ -55,18 +55,6 @@ def require_all():
     testlib.skip_unless_present(missing)
 
 
-def base_env(tmp):
-    """The environment of every shelbyfs child: no user config, no inherited AWS/Shelby settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(('AWS_', 'SHELBY_'))}
-    home = os.path.join(tmp, 'home')
-    for d in ('.config', '.cache', '.local/share'):
-        os.makedirs(os.path.join(home, d), exist_ok=True)
-    env.update(HOME=home, XDG_CONFIG_HOME=os.path.join(home, '.config'),
-               XDG_CACHE_HOME=os.path.join(home, '.cache'),
-               XDG_DATA_HOME=os.path.join(home, '.local/share'))
-    return env
-
-
 def setUpModule():
     require_all()
     tmp = testlib.make_tmpdir('shelbyfs-test-s3-')
@@ -77,7 +65,7 @@ def setUpModule():
     testlib.pack(src, out, '--shard-size', '64KiB', '--no-progress')
     server = ts3.S3Server(os.path.join(tmp, 's3'), buckets=(BUCKET,)).__enter__()
     unittest.addModuleCleanup(server.close)
-    env = base_env(tmp)
+    env = testlib.isolated_env(tmp)
     G.update(tmp=tmp, src=src, out=out, s3=server, env=env, s3env=dict(env, **server.env()),
              manifest=testlib.read_manifest(out))
     G['push'] = run(['push', out, DEST, '--no-progress'])

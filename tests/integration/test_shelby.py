@@ -46,16 +46,6 @@ def require_all():
     testlib.skip_unless_present(missing)
 
 
-def base_env(tmp):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(('AWS_', 'SHELBY_'))}
-    home = os.path.join(tmp, 'home')
-    os.makedirs(os.path.join(home, '.config'), exist_ok=True)
-    os.makedirs(os.path.join(home, '.cache'), exist_ok=True)
-    env.update(HOME=home, XDG_CONFIG_HOME=os.path.join(home, '.config'),
-               XDG_CACHE_HOME=os.path.join(home, '.cache'))
-    return env
-
-
 def setUpModule():
     require_all()
     tmp = testlib.make_tmpdir('shelbyfs-test-shelby-')
@@ -85,7 +75,7 @@ def setUpModule():
             with open(p, 'rb') as f:
                 files[os.path.relpath(p, src)] = f.read()
     G.update(tmp=tmp, src=src, out=out, root=root, manifest=manifest, names=names, files=files,
-             manifest_path=os.path.join(mdir, 'manifest.json'), env=base_env(tmp))
+             manifest_path=os.path.join(mdir, 'manifest.json'), env=testlib.isolated_env(tmp))
 
 
 def run(args, env, timeout=120):

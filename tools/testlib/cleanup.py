@@ -38,6 +38,19 @@ def unregister_pid(pid):
         _pids.discard(pid)
 
 
+def stop_process(proc, timeout=10.0):
+    """SIGTERM a process we started (a subprocess.Popen), SIGKILL it if it has
+    not exited within `timeout`, reap it and forget its PID."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+    unregister_pid(proc.pid)
+
+
 def make_tmpdir(prefix):
     """mkdtemp() that is removed at interpreter exit even if the test is interrupted."""
     d = tempfile.mkdtemp(prefix=prefix)

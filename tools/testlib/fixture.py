@@ -1,10 +1,12 @@
-"""What the loopback server fixtures (nginx.py, s3.py, shelby_rpc.py) share:
-context-manager use of start()/close(), and the standalone mode the C++ tests
-drive (print one JSON line once ready, serve until stdin reaches EOF)."""
+"""What the loopback server fixtures (nginx.py, s3.py, shelby_rpc.py, stall.py)
+share: context-manager use of start()/close(), a socketserver on a thread of
+its own, reading their logs, and the standalone mode the C++ tests drive
+(print one JSON line once ready, serve until stdin reaches EOF)."""
 import json
 import os
 import signal
 import sys
+import threading
 
 from . import cleanup
 
@@ -24,6 +26,31 @@ class Fixture:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+class ServerThread:
+    """`httpd.serve_forever()` on a daemon thread named `name`, and its stop."""
+
+    def __init__(self, httpd, name):
+        self.httpd = httpd
+        self.port = httpd.server_address[1]
+        self.thread = threading.Thread(target=httpd.serve_forever, kwargs={'poll_interval': 0.1},
+                                       name=name, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+def read_text(path):
+    """The text of the file at `path` (a log), or '' if there is none (yet)."""
+    try:
+        with open(path, errors='replace') as f:
+            return f.read()
+    except (OSError, TypeError):
+        return ''
 
 
 def serve_until_eof(fixture, info, errors=()):

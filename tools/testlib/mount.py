@@ -15,6 +15,7 @@ import sys
 import time
 
 from . import cleanup
+from .fixture import read_text
 from .prereq import shelbyfs_bin
 
 BAD_LOG = re.compile(r'ERROR|sanitizer|AddressSanitizer|runtime error:|LeakSanitizer')
@@ -121,6 +122,19 @@ def _fds_under(path):
     return leaks
 
 
+def isolated_env(tmp):
+    """An environment for shelbyfs children: a private HOME under `tmp` (no user
+    config, cache or data) and no inherited AWS_* / SHELBY_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(('AWS_', 'SHELBY_'))}
+    home = os.path.join(tmp, 'home')
+    for d in ('.config', '.cache', '.local/share'):
+        os.makedirs(os.path.join(home, d), exist_ok=True)
+    env.update(HOME=home, XDG_CONFIG_HOME=os.path.join(home, '.config'),
+               XDG_CACHE_HOME=os.path.join(home, '.cache'),
+               XDG_DATA_HOME=os.path.join(home, '.local/share'))
+    return env
+
+
 class Mount:
     """`with Mount(manifest, options=['cache_size=2MiB']) as m: open(m.path('samples/x'))`.
 
@@ -148,11 +162,7 @@ class Mount:
         return os.path.join(self.mnt, rel) if rel else self.mnt
 
     def log(self):
-        try:
-            with open(self.log_path, errors='replace') as f:
-                return f.read()
-        except OSError:
-            return ''
+        return read_text(self.log_path)
 
     def command(self):
         cmd = [shelbyfs_bin(), 'mount', self.manifest, self.mnt, '-f']

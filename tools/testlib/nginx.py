@@ -8,13 +8,12 @@ files (conf, pid, logs, temp dirs) live in a private temp dir.
 """
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 
 from . import cleanup
-from .fixture import Fixture
+from .fixture import Fixture, read_text
 from .prereq import NGINX
 
 _CONF = """\
@@ -121,30 +120,14 @@ class Nginx(Fixture):
     def stop(self, timeout=10.0):
         """Stop the server (fast shutdown, then SIGKILL); idempotent."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout)
-        cleanup.unregister_pid(proc.pid)
+        if proc is not None:
+            cleanup.stop_process(proc, timeout)
 
     def error_log(self):
-        try:
-            with open(os.path.join(self.prefix, 'error.log'), errors='replace') as f:
-                return f.read()
-        except (OSError, TypeError):
-            return ''
+        return read_text(os.path.join(self.prefix, 'error.log')) if self.prefix else ''
 
     def access_log(self):
-        try:
-            with open(os.path.join(self.prefix, 'access.log'), errors='replace') as f:
-                return f.read()
-        except (OSError, TypeError):
-            return ''
+        return read_text(os.path.join(self.prefix, 'access.log')) if self.prefix else ''
 
     def _pidfile(self):
         try:

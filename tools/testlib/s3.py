@@ -100,7 +100,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 
 from . import cleanup, prereq
-from .fixture import Fixture, serve_until_eof
+from .fixture import Fixture, ServerThread, read_text, serve_until_eof
 from .httplog import LoggedHandler
 
 CHUNK = 1024 * 1024
@@ -777,8 +777,7 @@ class S3Server(Fixture):
         self.s3rver_port = None
         self.port = None
         self.proc = None
-        self._httpd = None
-        self._thread = None
+        self._server = None  # fixture.ServerThread of the verifying proxy
         self._lock = threading.Lock()
         self._log = []
         self._injections = []
@@ -944,19 +943,13 @@ class S3Server(Fixture):
             time.sleep(0.2)
         if last is not None:
             raise S3ServerError(f's3rver failed to start: {last}')
-        self._httpd = _ProxyServer(('127.0.0.1', 0), _ProxyHandler)
-        self._httpd.owner = self
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={'poll_interval': 0.1},
-                                        name=f's3-proxy-{self.port}', daemon=True)
-        self._thread.start()
+        httpd = _ProxyServer(('127.0.0.1', 0), _ProxyHandler)
+        httpd.owner = self
+        self._server = ServerThread(httpd, f's3-proxy-{httpd.server_address[1]}')
+        self.port = self._server.port
 
     def s3rver_output(self):
-        try:
-            with open(os.path.join(self.workdir, 's3rver.log'), errors='replace') as f:
-                return f.read()
-        except (OSError, TypeError):
-            return ''
+        return read_text(os.path.join(self.workdir, 's3rver.log')) if self.workdir else ''
 
     def _try_start_s3rver(self):
         if not os.access(S3RVER_BIN, os.X_OK):
@@ -981,20 +974,16 @@ class S3Server(Fixture):
                 self.proc, self.s3rver_port = proc, port
                 return None
             time.sleep(0.1)
-        _stop_proc(proc)
+        cleanup.stop_process(proc)
         return f'not answering after {self.start_timeout}s: {self.s3rver_output().strip()}'
 
     def stop(self):
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
         proc, self.proc = self.proc, None
         if proc is not None:
-            _stop_proc(proc)
+            cleanup.stop_process(proc)
 
     def close(self):
         self.stop()
@@ -1016,17 +1005,6 @@ class S3Server(Fixture):
     def _append_log(self, entry):
         with self._lock:
             self._log.append(entry)
-
-
-def _stop_proc(proc, timeout=10.0):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout)
-    cleanup.unregister_pid(proc.pid)
 
 
 def _s3rver_answers(port, buckets):

@@ -44,7 +44,7 @@ import urllib.parse
 import uuid
 
 from . import cleanup
-from .fixture import Fixture, serve_until_eof
+from .fixture import Fixture, ServerThread, serve_until_eof
 from .httplog import LoggedHandler
 
 CHUNK = 1024 * 1024
@@ -298,8 +298,7 @@ class ShelbyRpc(Fixture):
         self.api_key = api_key
         self.content_range = content_range
         self.port = None
-        self._httpd = None
-        self._thread = None
+        self._server = None  # fixture.ServerThread
         self._lock = threading.Lock()
         self._log = []
         self._uploads = {}
@@ -331,25 +330,19 @@ class ShelbyRpc(Fixture):
             self._log.append(entry)
 
     def start(self):
-        if self._httpd is not None:
+        if self._server is not None:
             return
         os.makedirs(self.root_dir, exist_ok=True)
         self.uploads_dir = cleanup.make_tmpdir('shelbyfs-rpc-uploads-')
-        self._httpd = _Server(('127.0.0.1', 0), _Handler)
-        self._httpd.owner = self
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={'poll_interval': 0.1},
-                                        name=f'shelby-rpc-{self.port}', daemon=True)
-        self._thread.start()
+        httpd = _Server(('127.0.0.1', 0), _Handler)
+        httpd.owner = self
+        self._server = ServerThread(httpd, f'shelby-rpc-{httpd.server_address[1]}')
+        self.port = self._server.port
 
     def close(self):
-        httpd, self._httpd = self._httpd, None
-        if httpd is not None:
-            httpd.shutdown()
-            httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
         if self.uploads_dir is not None:
             shutil.rmtree(self.uploads_dir, ignore_errors=True)
             self.uploads_dir = None

@@ -12,6 +12,8 @@ import os
 import re
 import threading
 
+from .fixture import ServerThread
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
@@ -78,7 +80,7 @@ class StallServer:
         self.httpd.requests = []
         self.httpd.stalls = 0
         self.port = self.httpd.server_address[1]
-        self._thread = None
+        self._server = None
 
     @property
     def stalls(self):
@@ -92,17 +94,15 @@ class StallServer:
         return f'http://127.0.0.1:{self.port}/' + path.lstrip('/')
 
     def __enter__(self):
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={'poll_interval': 0.1},
-                                        daemon=True)
-        self._thread.start()
+        self._server = ServerThread(self.httpd, f'stall-{self.port}')
         return self
 
     def close(self):
         self.httpd.release.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._server is not None:
+            self._server.stop()
+        else:
+            self.httpd.server_close()
 
     def __exit__(self, *exc):
         self.close()
