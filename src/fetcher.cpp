@@ -39,11 +39,21 @@ bool await(std::future<Result<std::string>>& f, const std::stop_token& stop) {
 
 }  // namespace
 
+std::uint64_t default_prefetch_budget(std::uint64_t cache_bytes) { return cache_bytes / 4; }
+
+std::uint64_t whole_object_limit(std::uint64_t total_bytes, std::uint64_t cache_bytes, std::uint64_t block_size) {
+    constexpr std::uint64_t kSmallObjectBlocks = 8;
+    if (block_size == 0) return 0;
+    if (total_bytes > cache_bytes) return kSmallObjectBlocks;
+    return std::max(kSmallObjectBlocks, default_prefetch_budget(cache_bytes) / block_size);
+}
+
 Fetcher::Fetcher(BlobReader& reader, BlockCache& cache, std::vector<ObjectSpec> objects, FetcherOptions options)
     : reader_(reader),
       cache_(cache),
       options_(options),
-      prefetch_budget_(options.prefetch_budget_bytes != 0 ? options.prefetch_budget_bytes : cache.budget() / 4) {
+      prefetch_budget_(options.prefetch_budget_bytes != 0 ? options.prefetch_budget_bytes
+                                                           : default_prefetch_budget(cache.budget())) {
     objects_.reserve(objects.size());
     for (ObjectSpec& o : objects) objects_.push_back(std::make_unique<const ObjectSpec>(std::move(o)));
 }
@@ -361,6 +371,23 @@ void Fetcher::prune_unread_locked() {
     }
 }
 
+// A read that joined a prefetch still waiting in the queue (a whole shard
+// is queued in order; a shuffled reader wants block 50 now) moves it to the
+// front, so it waits for the next free worker, not for the blocks before it.
+void Fetcher::promote_queued(const std::vector<Slot>& slots) noexcept {
+    bool any = false;
+    for (const Slot& s : slots) any = any || s.joined_prefetch;
+    if (!any) return;
+    std::lock_guard lock(prefetch_mutex_);
+    for (const Slot& s : slots) {
+        if (!s.joined_prefetch) continue;
+        auto it = std::find(queue_.begin(), queue_.end(), s.key);
+        if (it == queue_.end() || it == queue_.begin()) continue;  // running already, or next
+        std::rotate(queue_.begin(), it, it + 1);
+        promoted_.fetch_add(1, std::memory_order_relaxed);
+    }
+}
+
 void Fetcher::prefetch_worker(std::stop_token stop) {
     std::unique_lock lock(prefetch_mutex_);
     for (;;) {
@@ -446,6 +473,7 @@ Result<ReadSlices> Fetcher::read_slices(std::uint32_t object, std::uint64_t offs
         }
     } guard{*this, slots};
     for (std::uint64_t i = first; i <= last; ++i) slots.push_back(acquire(BlockKey{object, i}));
+    promote_queued(slots);
     // Our own requests are on their way; queue what comes after them.
     if (options_.prefetch_blocks > 0) prefetch_after(object, o, first, last);
     std::vector<BlockPtr> blocks(slots.size());
@@ -481,7 +509,7 @@ Result<ReadSlices> Fetcher::read_slices(std::uint32_t object, std::uint64_t offs
 Fetcher::Stats Fetcher::stats() const {
     return Stats{fetches_.load(),    joined_.load(),        integrity_failures_.load(),
                  bytes_fetched_.load(), prefetched_.load(), prefetch_hits_.load(),
-                 prefetch_failures_.load()};
+                 prefetch_failures_.load(), promoted_.load()};
 }
 
 }  // namespace shelbyfs

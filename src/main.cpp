@@ -229,8 +229,11 @@ int run_mount(cli::MountCommand cmd) {
     }
     FetcherOptions fetcher_options;
     fetcher_options.prefetch_blocks = cmd.prefetch;
-    // Shards of up to 8 blocks (8 MiB at the default block size) come whole at their first read.
-    fetcher_options.whole_object_blocks = 8;
+    // Shards of up to 8 blocks come whole at their first read; when the whole
+    // dataset fits in the cache, shards up to the prefetch budget do.
+    std::uint64_t dataset_bytes = 0;
+    for (const ShardInfo& s : manifest.shards) dataset_bytes += s.size;
+    fetcher_options.whole_object_blocks = whole_object_limit(dataset_bytes, cmd.cache_size, manifest.block_size);
     fetcher_options.disk_cache = disk_cache.get();
     Fetcher fetcher(reader, cache, std::move(objects), fetcher_options);
     FsOptions fs_options;

@@ -47,8 +47,10 @@ struct FetcherOptions {
     /// An object of at most this many blocks is prefetched whole, in parallel,
     /// at its first read (while that read's own blocks are fetched): random
     /// reads of a small shard, such as the first batch of a shuffled epoch,
-    /// then pay one round trip instead of one per block. 0 = off. Needs
-    /// prefetch_blocks > 0; counts against prefetch_budget_bytes.
+    /// then pay one round trip instead of one per block. Blocks are queued
+    /// in order; a read that needs a queued one moves it to the front. 0 =
+    /// off. Needs prefetch_blocks > 0; counts against prefetch_budget_bytes
+    /// (what does not fit is fetched when read). See whole_object_limit().
     std::uint64_t whole_object_blocks = 0;
     /// Most prefetch worker threads, started as work arrives. Each owns one
     /// request at a time, so this bounds prefetch requests on the wire; 16
@@ -59,6 +61,19 @@ struct FetcherOptions {
     /// must outlive the Fetcher.
     DiskCache* disk_cache = nullptr;
 };
+
+/// The prefetch budget of a cache of `cache_bytes` when none is given: a quarter.
+std::uint64_t default_prefetch_budget(std::uint64_t cache_bytes);
+
+/// FetcherOptions::whole_object_blocks for a dataset of `total_bytes` (all its
+/// objects) read through a cache of `cache_bytes`: 8 blocks (a round trip per
+/// block costs more than 8 blocks' bytes), or, when the whole dataset fits in
+/// the cache, as many blocks as the default prefetch budget holds. In an epoch
+/// every block is read, and then stays cached, so fetching a shard at its
+/// first read costs no extra bytes and turns the round trip per block of a
+/// shuffled first pass into a bandwidth-bound sweep. A dataset larger than
+/// the cache keeps random reads cheap: one block each.
+std::uint64_t whole_object_limit(std::uint64_t total_bytes, std::uint64_t cache_bytes, std::uint64_t block_size);
 
 /// Thread-safe. Serves reads of objects from the BlockCache, fetching missing
 /// blocks through the BlobReader. Concurrent misses on one block share one
@@ -115,6 +130,7 @@ public:
         std::uint64_t prefetched = 0;     ///< blocks whose prefetch was started
         std::uint64_t prefetch_hits = 0;  ///< prefetched blocks a read then used
         std::uint64_t prefetch_failures = 0;  ///< prefetches that ended in an error
+        std::uint64_t promoted = 0;  ///< queued prefetches a read joined and moved to the front
     };
     Stats stats() const;
 
@@ -177,6 +193,7 @@ private:
     /// False when a limit stops prefetch for now.
     bool start_prefetch_locked(const BlockKey& key, std::uint64_t bytes, ObjectStreams& os);
     void consume_locked(const BlockKey& key);
+    void promote_queued(const std::vector<Slot>& slots) noexcept;
     void prune_unread_locked();
     void prefetch_worker(std::stop_token stop);
     void run_prefetch(const BlockKey& key, std::stop_token stop);
@@ -214,6 +231,7 @@ private:
     std::atomic<std::uint64_t> prefetched_{0};
     std::atomic<std::uint64_t> prefetch_hits_{0};
     std::atomic<std::uint64_t> prefetch_failures_{0};
+    std::atomic<std::uint64_t> promoted_{0};
 
     std::vector<std::jthread> workers_;  // guarded by prefetch_mutex_; joined in ~Fetcher
 };

@@ -93,6 +93,12 @@ public:
         for (auto& [p, r] : held_) p.set_value(std::move(r));
         held_.clear();
     }
+    /// Answer the requests held so far; go on holding as before.
+    void answer_held() {
+        std::lock_guard lock(mutex_);
+        for (auto& [p, r] : held_) p.set_value(std::move(r));
+        held_.clear();
+    }
     /// Stop holding and fail the held requests with `error`.
     void fail_held(const Error& error) {
         std::lock_guard lock(mutex_);

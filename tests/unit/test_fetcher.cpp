@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <future>
 #include <optional>
 #include <thread>
 
@@ -476,6 +477,47 @@ TEST_SUITE("fetcher") {
         g.wait_prefetch_idle();
         CHECK(g.stats().prefetched == 0);
         CHECK(large.reader.requests() == 1);
+    }
+
+    TEST_CASE("a read that needs a block still queued for prefetch moves it to the front") {
+        // One worker, the whole object queued in order: the worker is stuck on
+        // block 0 (held). A read of block 50 joins its queued prefetch and must
+        // be served next, not after blocks 1..49 (which are held too: without
+        // the promotion the read cannot finish).
+        Striped fx;
+        BlockCache cache(1 << 20);
+        FetcherOptions o = prefetch(16);
+        o.whole_object_blocks = kBlocks;
+        o.prefetch_threads = 1;
+        o.prefetch_budget_bytes = kBlock * kBlocks;
+        Fetcher f(fx.reader, cache, fx.objects(), o);
+        fx.reader.hold_if([](std::uint64_t offset) { return offset != 50 * kBlock; });
+        auto first = std::async(std::launch::async, [&] { return read_all(f, 10 * kBlock, kBlock); });
+        REQUIRE(fx.reader.wait_held(2));  // block 10 (demand) and block 0 (the worker's)
+        auto wanted = std::async(std::launch::async, [&] { return read_all(f, 50 * kBlock, kBlock); });
+        for (int i = 0; i < 1000 && f.stats().promoted == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        CHECK(f.stats().promoted == 1);
+        fx.reader.answer_held();  // the worker is free: block 50 is next
+        bool served = wanted.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
+        CHECK(served);
+        CHECK(fx.reader.requests_at(50 * kBlock) == 1);
+        CHECK(fx.reader.requests_at(25 * kBlock) == 0);
+        fx.reader.release();
+        CHECK(first.get() == fx.block(10));
+        CHECK(wanted.get() == fx.block(50));
+        f.wait_prefetch_idle();
+        CHECK(f.stats().prefetched == kBlocks - 1);
+        CHECK(fx.reader.requests() == static_cast<int>(kBlocks));
+    }
+
+    TEST_CASE("whole_object_limit: shards up to the prefetch budget when the dataset fits the cache") {
+        constexpr std::uint64_t MiB = 1 << 20;
+        CHECK(whole_object_limit(100 * MiB, 512 * MiB, MiB) == 128);  // fits: a quarter of the cache
+        CHECK(whole_object_limit(512 * MiB, 512 * MiB, MiB) == 128);
+        CHECK(whole_object_limit(513 * MiB, 512 * MiB, MiB) == 8);  // does not fit: small shards only
+        CHECK(whole_object_limit(10 * MiB, 16 * MiB, MiB) == 8);    // never below 8
+        CHECK(whole_object_limit(100 * MiB, 512 * MiB, 4 * MiB) == 32);
+        CHECK(whole_object_limit(1, 1, 0) == 0);
     }
 
     TEST_CASE("prefetch_blocks = 0 turns prefetch off") {
