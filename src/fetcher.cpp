@@ -253,11 +253,11 @@ void Fetcher::prefetch_after(std::uint32_t object, const ObjectSpec& o, std::uin
             if (first + 1 < c.last || first > c.last + 1) continue;
             if (s == nullptr || c.window > s->window || (c.window == s->window && c.run > s->run)) s = &c;
         }
-        if (!os.whole && blocks <= options_.whole_object_blocks) {
-            os.whole = true;
-            for (std::uint64_t b = 0; b < blocks; ++b) {
-                if (b >= first && b <= last) continue;  // this read's own blocks
-                BlockKey key{object, b};
+        if (blocks <= options_.whole_object_blocks) {
+            // Queue the object in order (this read's own blocks are in flight
+            // and skipped) as far as the budget allows; later reads go on.
+            for (; os.whole_next < blocks; ++os.whole_next) {
+                BlockKey key{object, os.whole_next};
                 if (!start_prefetch_locked(key, block_length(o, key), os)) break;
             }
         }

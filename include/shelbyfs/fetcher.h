@@ -49,8 +49,9 @@ struct FetcherOptions {
     /// reads of a small shard, such as the first batch of a shuffled epoch,
     /// then pay one round trip instead of one per block. Blocks are queued
     /// in order; a read that needs a queued one moves it to the front. 0 =
-    /// off. Needs prefetch_blocks > 0; counts against prefetch_budget_bytes
-    /// (what does not fit is fetched when read). See whole_object_limit().
+    /// off. Needs prefetch_blocks > 0; counts against prefetch_budget_bytes:
+    /// what does not fit is queued by later reads of the object, as reads
+    /// free the budget. See whole_object_limit().
     std::uint64_t whole_object_blocks = 0;
     /// Most prefetch worker threads, started as work arrives. Each owns one
     /// request at a time, so this bounds prefetch requests on the wire; 16
@@ -167,7 +168,7 @@ private:
         std::size_t count = 0;
         std::uint64_t clock = 0;
         std::uint32_t inflight = 0;  // prefetches of this object not yet finished
-        bool whole = false;          // a small object: all its blocks were prefetched once
+        std::uint64_t whole_next = 0;  // whole-object prefetch: the next block to queue
     };
     /// A prefetched block not yet read; `block` is set once it is cached, and
     /// expires when the cache evicts it unread.

@@ -510,6 +510,28 @@ TEST_SUITE("fetcher") {
         CHECK(fx.reader.requests() == static_cast<int>(kBlocks));
     }
 
+    TEST_CASE("a whole-object prefetch cut short by the budget goes on as reads free it") {
+        Striped fx;
+        BlockCache cache(1 << 20);
+        FetcherOptions o = prefetch(16);
+        o.whole_object_blocks = kBlocks;
+        o.prefetch_budget_bytes = 16 * kBlock;
+        Fetcher f(fx.reader, cache, fx.objects(), o);
+        read_block(f, fx, 0);  // queues blocks 1..16: the budget is full
+        f.wait_prefetch_idle();
+        CHECK(fx.reader.requests() == 17);
+        // Read the prefetched blocks, never two neighbours in a row (no
+        // sequential stream): each read frees a block of budget, and the
+        // whole-object prefetch queues the next block of the object.
+        for (std::uint64_t i : {16, 14, 12, 10, 8, 6, 4, 2, 15, 13, 11, 9, 7, 5, 3, 1}) read_block(f, fx, i);
+        f.wait_prefetch_idle();
+        CHECK(fx.reader.requests() == 33);
+        CHECK(fx.reader.requests_at(32 * kBlock) == 1);
+        CHECK(fx.reader.requests_at(33 * kBlock) == 0);
+        CHECK(f.stats().prefetch_hits == 16);
+        CHECK(f.stats().fetches == 1);
+    }
+
     TEST_CASE("whole_object_limit: shards up to the prefetch budget when the dataset fits the cache") {
         constexpr std::uint64_t MiB = 1 << 20;
         CHECK(whole_object_limit(100 * MiB, 512 * MiB, MiB) == 128);  // fits: a quarter of the cache
