@@ -3,7 +3,8 @@
 
 Covers the HTTP mount and the local-manifest mount, listing and stat, random
 reads with dd, reads past EOF, EROFS outside /checkpoints, daemon mode,
-SIGTERM/SIGINT shutdown, concurrent readers and a tiny block cache.
+SIGTERM/SIGINT shutdown, concurrent readers, a tiny block cache, and which
+range GETs one random read causes (a whole shard when the dataset fits the cache).
 Run: SHELBYFS_BIN=build/src/shelbyfs /usr/bin/python3 tests/integration/test_mount.py
 """
 import errno
@@ -309,6 +310,61 @@ class TinyBlockTests(MountChecks, unittest.TestCase):
                     self.assertEqual(len(got), min(MiB, len(want)))
                     self.assertTrue(got == want[:MiB], f'{name}: bytes differ')
             self.assert_all_samples_equal(m.path())
+
+
+class WholeShardPrefetchTests(unittest.TestCase):
+    """One sample read at random: its whole shard comes along when the whole
+    dataset fits in the cache, and only the sample's own block when it does not."""
+
+    @classmethod
+    def setUpClass(cls):
+        out = os.path.join(G['tmp'], 'out-64k')
+        testlib.pack(G['src'], out, '--shard-size', SHARD_SIZE, '--block-size', '64KiB')
+        cls.manifest = testlib.read_manifest(out)
+        cls.nginx = testlib.Nginx(out).__enter__()
+        cls.addClassCleanup(cls.nginx.close)
+        bs = cls.manifest['block_size']
+        # A small sample inside one block, in the middle of a shard of more
+        # than 8 blocks (the size that comes whole in any case).
+        cls.sample, cls.shard = next(
+            (s, cls.manifest['shards'][s['shard']]) for s in cls.manifest['samples']
+            if cls.manifest['shards'][s['shard']]['size'] > 12 * bs and 0 < s['size']
+            and s['offset'] // bs == (s['offset'] + s['size'] - 1) // bs and s['offset'] // bs > 2)
+        cls.blocks = math.ceil(cls.shard['size'] / bs)
+        cls.total = sum(sh['size'] for sh in cls.manifest['shards'])
+
+    def shard_gets(self):
+        return sum(1 for ln in self.nginx.access_log().splitlines()
+                   if f'"GET /{self.shard["name"]} HTTP/1.1" 206 ' in ln)
+
+    def read_sample(self, mnt):
+        got = testlib.read_file(os.path.join(mnt, 'samples', self.sample['path']))
+        self.assertTrue(got == G['files'][self.sample['path']], 'sample bytes differ')
+
+    def test_dataset_that_fits_the_cache_brings_the_whole_shard(self):
+        self.assertLess(self.total, 512 * MiB)
+        before = self.shard_gets()
+        with testlib.Mount(self.nginx.url('manifest.json')) as m:
+            self.read_sample(m.path())
+            deadline = time.monotonic() + 10
+            while self.shard_gets() - before < self.blocks and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.2)  # nothing beyond the shard's blocks follows
+            self.assertEqual(self.shard_gets() - before, self.blocks,
+                             f'range GETs of {self.shard["name"]} ({self.blocks} blocks of 64 KiB)')
+            # Everything is cached now: reading the whole shard sends nothing.
+            self.assertTrue(testlib.read_file(m.path(os.path.join('shards', self.shard['name']))) ==
+                            testlib.read_file(os.path.join(G['tmp'], 'out-64k', self.shard['name'])))
+            self.assertEqual(self.shard_gets() - before, self.blocks)
+
+    def test_dataset_larger_than_the_cache_fetches_one_block(self):
+        cache = 2 * MiB
+        self.assertGreater(self.total, cache)  # so it does not fit
+        before = self.shard_gets()
+        with testlib.Mount(self.nginx.url('manifest.json'), options=[f'cache_size={cache // MiB}MiB']) as m:
+            self.read_sample(m.path())
+            time.sleep(0.5)  # room for prefetches, if any were started
+            self.assertEqual(self.shard_gets() - before, 1)
 
 
 class ConcurrencyTests(unittest.TestCase):
