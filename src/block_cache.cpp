@@ -32,6 +32,11 @@ BlockPtr BlockCache::get(const BlockKey& key) {
     return it->second->second;
 }
 
+bool BlockCache::contains(const BlockKey& key) const {
+    std::lock_guard lock(mutex_);
+    return index_.count(key) != 0;
+}
+
 void BlockCache::insert(const BlockKey& key, BlockPtr block) {
     if (!block || block->size() > budget_) return;
     std::lock_guard lock(mutex_);

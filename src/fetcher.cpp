@@ -72,6 +72,7 @@ Fetcher::~Fetcher() {
     {
         std::lock_guard lock(prefetch_mutex_);
         queued.swap(queue_);
+        promoted_front_ = 0;
     }
     for (const BlockKey& key : queued) publish(key, make_error(Errc::Internal, "prefetch: cancelled (F07)"));
 }
@@ -294,12 +295,26 @@ void Fetcher::prefetch_after(std::uint32_t object, const ObjectSpec& o, std::uin
 }
 
 bool Fetcher::start_prefetch_locked(const BlockKey& key, std::uint64_t bytes, ObjectStreams& os) {
+    if (unread_.count(key) != 0) return true;  // prefetched already, in flight or cached
     if (queue_.size() >= kMaxQueued) return false;
+    // A block that needs no prefetch costs no budget, so a whole-object
+    // prefetch walks past the cached part of an object even when the budget
+    // is spent. (One that lands after this check is caught at registration.)
+    {
+        std::lock_guard lock(inflight_mutex_);
+        if (inflight_.count(key) != 0 || cache_.contains(key)) return true;
+    }
     if (unread_bytes_ + bytes > prefetch_budget_) {
-        prune_unread_locked();
+        // Unread blocks only expire when the cache evicts them: scan for
+        // them only after evictions, not at every read while the budget is
+        // spent (with a dataset that fits the cache, nothing is evicted).
+        std::uint64_t evictions = cache_.stats().evictions;
+        if (evictions != pruned_at_evictions_) {
+            pruned_at_evictions_ = evictions;
+            prune_unread_locked();
+        }
         if (unread_bytes_ + bytes > prefetch_budget_) return false;
     }
-    if (unread_.count(key) != 0) return true;  // prefetched already, in flight or cached
     // A worker to run it: one more while the queue outgrows the idle ones
     // (started before we know the block is needed; at worst it stays idle).
     unsigned most = std::max(options_.prefetch_threads, 1u);
@@ -315,7 +330,7 @@ bool Fetcher::start_prefetch_locked(const BlockKey& key, std::uint64_t bytes, Ob
         std::lock_guard lock(inflight_mutex_);
         // Checked under the lock, like acquire(): a leader inserts into the
         // cache before it leaves inflight_, so one of the two sees the block.
-        bool busy = inflight_.count(key) != 0 || cache_.get(key) != nullptr;
+        bool busy = inflight_.count(key) != 0 || cache_.contains(key);
         if (!busy) {
             try {
                 auto promise = std::make_unique<std::promise<Result<BlockPtr>>>();
@@ -372,8 +387,10 @@ void Fetcher::prune_unread_locked() {
 }
 
 // A read that joined a prefetch still waiting in the queue (a whole shard
-// is queued in order; a shuffled reader wants block 50 now) moves it to the
-// front, so it waits for the next free worker, not for the blocks before it.
+// is queued in order; a shuffled reader wants block 50 now) moves it up, so
+// it waits for the next free worker, not for the blocks before it. Promoted
+// blocks stay in the order they were asked for, ahead of the rest: each goes
+// behind the ones promoted before it, so none is overtaken for ever.
 void Fetcher::promote_queued(const std::vector<Slot>& slots) noexcept {
     bool any = false;
     for (const Slot& s : slots) any = any || s.joined_prefetch;
@@ -381,9 +398,11 @@ void Fetcher::promote_queued(const std::vector<Slot>& slots) noexcept {
     std::lock_guard lock(prefetch_mutex_);
     for (const Slot& s : slots) {
         if (!s.joined_prefetch) continue;
-        auto it = std::find(queue_.begin(), queue_.end(), s.key);
-        if (it == queue_.end() || it == queue_.begin()) continue;  // running already, or next
-        std::rotate(queue_.begin(), it, it + 1);
+        auto front = queue_.begin() + static_cast<std::ptrdiff_t>(promoted_front_);
+        auto it = std::find(front, queue_.end(), s.key);
+        if (it == queue_.end()) continue;  // running already, or promoted
+        std::rotate(front, it, it + 1);
+        ++promoted_front_;
         promoted_.fetch_add(1, std::memory_order_relaxed);
     }
 }
@@ -397,6 +416,7 @@ void Fetcher::prefetch_worker(std::stop_token stop) {
         if (!has_work || stop.stop_requested()) return;
         BlockKey key = queue_.front();
         queue_.pop_front();
+        if (promoted_front_ > 0) --promoted_front_;
         lock.unlock();
         run_prefetch(key, stop);
         lock.lock();
@@ -405,12 +425,16 @@ void Fetcher::prefetch_worker(std::stop_token stop) {
 
 void Fetcher::run_prefetch(const BlockKey& key, std::stop_token stop) {
     Result<BlockPtr> result = make_error(Errc::Internal, "prefetch: failed (F06)");
+    bool cached = false;
     try {
         const ObjectSpec& o = object(key.object);
         if (BlockPtr block = load_from_disk(o, key)) result = std::move(block);
         else result = verify_or_refetch(key, reader_.read_range(o.location, block_offset(o, key), block_length(o, key)),
                                         Origin::Prefetch, stop);
-        if (result) cache_.insert(key, *result);
+        if (result) {
+            cache_.insert(key, *result);
+            cached = cache_.contains(key);
+        }
     } catch (const std::exception& e) {
         // A failed insert leaves `result` good: joiners still get the bytes.
         if (!result) result = make_error(Errc::Internal, std::string("prefetch: ") + e.what() + " (F06)");
@@ -422,8 +446,10 @@ void Fetcher::run_prefetch(const BlockKey& key, std::stop_token stop) {
         if (auto os = streams_.find(key.object); os != streams_.end()) --os->second.inflight;
         if (!result) prefetch_failures_.fetch_add(1, std::memory_order_relaxed);
         if (auto it = unread_.find(key); it != unread_.end()) {
-            if (!result || it->second.wanted) {
-                if (result) prefetch_hits_.fetch_add(1, std::memory_order_relaxed);
+            // A block that is not in the cache (not stored, or evicted at
+            // once) holds no budget: prunes only follow evictions.
+            if (!result || !cached || it->second.wanted) {
+                if (result && it->second.wanted) prefetch_hits_.fetch_add(1, std::memory_order_relaxed);
                 unread_bytes_ -= it->second.bytes;
                 unread_.erase(it);
             } else {
@@ -440,6 +466,27 @@ void Fetcher::run_prefetch(const BlockKey& key, std::stop_token stop) {
 void Fetcher::wait_prefetch_idle() {
     std::unique_lock lock(prefetch_mutex_);
     idle_cv_.wait(lock, [&] { return pending_ == 0; });
+}
+
+std::string Fetcher::audit() {
+    std::lock_guard prefetch(prefetch_mutex_);
+    std::lock_guard inflight(inflight_mutex_);
+    std::string problems;
+    auto note = [&](const std::string& what) { problems += (problems.empty() ? "" : "; ") + what; };
+    if (!queue_.empty()) note(std::to_string(queue_.size()) + " queued");
+    if (promoted_front_ > queue_.size()) note("promoted_front past the queue");
+    if (pending_ != 0) note(std::to_string(pending_) + " pending");
+    if (!inflight_.empty()) note(std::to_string(inflight_.size()) + " in flight");
+    std::uint64_t sum = 0;
+    for (const auto& [key, u] : unread_) {
+        sum += u.bytes;
+        if (!u.done) note("an unread block not done");
+    }
+    if (sum != unread_bytes_) note("unread bytes " + std::to_string(unread_bytes_) + " != " + std::to_string(sum));
+    if (unread_bytes_ > prefetch_budget_) note("unread bytes over the budget");
+    for (const auto& [object, os] : streams_)
+        if (os.inflight != 0) note("object " + std::to_string(object) + " has prefetches in flight");
+    return problems;
 }
 
 Result<std::size_t> Fetcher::read(std::uint32_t object, std::uint64_t offset, char* buffer, std::size_t size) {

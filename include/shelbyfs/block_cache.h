@@ -53,6 +53,8 @@ public:
 
     /// The block, marked most recently used, or nullptr.
     BlockPtr get(const BlockKey& key);
+    /// Whether the block is cached; neither counted nor marked used.
+    bool contains(const BlockKey& key) const;
     /// Insert (or replace) and evict least-recently-used blocks over budget.
     void insert(const BlockKey& key, BlockPtr block);
 

@@ -122,6 +122,9 @@ public:
 
     /// Block until no prefetch is queued or in flight (tests, benchmarks).
     void wait_prefetch_idle();
+    /// For tests, once idle: what is wrong with the prefetch bookkeeping
+    /// (queue, in-flight table, unread budget), or "" if nothing is.
+    std::string audit();
 
     struct Stats {
         std::uint64_t fetches = 0;        ///< demand block requests started (misses that led and missed the disk cache)
@@ -222,6 +225,8 @@ private:
     std::unordered_map<BlockKey, Unread, BlockKeyHash> unread_;
     std::uint64_t unread_bytes_ = 0;
     std::deque<BlockKey> queue_;
+    std::size_t promoted_front_ = 0;  // queue_'s first entries that reads promoted, in their order
+    std::uint64_t pruned_at_evictions_ = 0;  // the cache's eviction count at the last prune
     std::size_t pending_ = 0;  // prefetches registered and not yet finished
     unsigned idle_workers_ = 0;
 

@@ -8,9 +8,11 @@
 #include <functional>
 #include <future>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "shelbyfs/blob_reader.h"
@@ -132,6 +134,33 @@ private:
     bool hold_ = false;
     std::function<bool(std::uint64_t)> hold_if_;
     std::vector<std::pair<std::promise<Result<std::string>>, Result<std::string>>> held_;
+};
+
+/// Answers with `inner`'s answer after a pseudo-random delay of up to
+/// `most`, on a thread of its own (as a network would, out of order).
+class DelayedReader final : public BlobReader {
+public:
+    DelayedReader(FakeReader& inner, std::chrono::microseconds most) : inner_(inner), most_(most) {}
+    std::future<Result<std::string>> read_range(const std::string& location, std::uint64_t offset,
+                                                std::uint64_t length) override {
+        auto answer = std::make_shared<std::future<Result<std::string>>>(inner_.read_range(location, offset, length));
+        std::chrono::microseconds delay;
+        {
+            std::lock_guard lock(mutex_);
+            state_ = state_ * 6364136223846793005ull + 1442695040888963407ull;
+            delay = std::chrono::microseconds((state_ >> 33) % (static_cast<std::uint64_t>(most_.count()) + 1));
+        }
+        return std::async(std::launch::async, [answer, delay] {
+            std::this_thread::sleep_for(delay);
+            return answer->get();
+        });
+    }
+
+private:
+    FakeReader& inner_;
+    std::chrono::microseconds most_;
+    std::mutex mutex_;
+    std::uint64_t state_ = 1;
 };
 
 /// Deterministic pseudo-random bytes.
