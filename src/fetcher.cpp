@@ -455,6 +455,10 @@ void Fetcher::run_prefetch(const BlockKey& key, std::stop_token stop) {
             } else {
                 it->second.done = true;
                 it->second.block = *result;
+                if (!options_.budget_cached_prefetches) {
+                    unread_bytes_ -= it->second.bytes;  // kept, for prefetch_hits, at no cost
+                    it->second.bytes = 0;
+                }
             }
         }
     }

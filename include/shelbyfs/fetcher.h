@@ -53,6 +53,13 @@ struct FetcherOptions {
     /// what does not fit is queued by later reads of the object, as reads
     /// free the budget. See whole_object_limit().
     std::uint64_t whole_object_blocks = 0;
+    /// Whether a prefetched block goes on counting against the budget once it
+    /// is cached, until it is read or evicted: so prefetch never displaces
+    /// more than the budget of blocks that were read. False when the whole
+    /// dataset fits in the cache, where there is nothing to displace: then
+    /// only prefetches queued or in flight count (the memory they take
+    /// outside the cache), and a shard read in part holds no budget.
+    bool budget_cached_prefetches = true;
     /// Most prefetch worker threads, started as work arrives. Each owns one
     /// request at a time, so this bounds prefetch requests on the wire; 16
     /// matches HttpClient's default connection limit.

@@ -629,6 +629,31 @@ TEST_SUITE("fetcher") {
         }
     }
 
+    TEST_CASE("budget_cached_prefetches = false: only queued and in-flight prefetches hold budget") {
+        // Budget of 4 blocks, an object prefetched whole at its first read,
+        // its prefetched blocks never read: counting cached blocks, 4 come;
+        // not counting them, 4 are queued at a time and later reads of the
+        // object queue the next 4, until all have come.
+        for (bool counted : {true, false}) {
+            Striped fx;
+            BlockCache cache(1 << 20);
+            FetcherOptions o = prefetch(16);
+            o.whole_object_blocks = kBlocks;
+            o.prefetch_budget_bytes = 4 * kBlock;
+            o.budget_cached_prefetches = counted;
+            Fetcher f(fx.reader, cache, fx.objects(), o);
+            read_block(f, fx, 0);
+            f.wait_prefetch_idle();
+            // Later reads of the object (cache hits) go on with the rest.
+            for (int i = 0; i < 20; ++i) {
+                read_block(f, fx, 0);
+                f.wait_prefetch_idle();
+            }
+            CHECK(fx.reader.requests() == (counted ? 5 : static_cast<int>(kBlocks)));
+            CHECK(f.audit() == "");
+        }
+    }
+
     TEST_CASE("whole_object_limit: shards up to the prefetch budget when the dataset fits the cache") {
         constexpr std::uint64_t MiB = 1 << 20;
         CHECK(whole_object_limit(100 * MiB, 512 * MiB, MiB) == 128);  // fits: a quarter of the cache
