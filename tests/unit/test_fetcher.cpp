@@ -101,6 +101,21 @@ FetcherOptions prefetch(std::uint32_t blocks) {
     return o;
 }
 
+// Striped's whole object queued in order at its first read, for one worker.
+FetcherOptions whole_object_one_worker() {
+    FetcherOptions o = prefetch(16);
+    o.whole_object_blocks = kBlocks;
+    o.prefetch_threads = 1;
+    o.prefetch_budget_bytes = kBlock * kBlocks;
+    return o;
+}
+
+// Wait (at most 10 s) until reads have promoted `n` queued prefetches.
+bool wait_promoted(Fetcher& f, std::uint64_t n) {
+    for (int i = 0; i < 2000 && f.stats().promoted < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return f.stats().promoted == n;
+}
+
 }  // namespace
 
 TEST_SUITE("fetcher") {
@@ -487,17 +502,12 @@ TEST_SUITE("fetcher") {
         // the promotion the read cannot finish).
         Striped fx;
         BlockCache cache(1 << 20);
-        FetcherOptions o = prefetch(16);
-        o.whole_object_blocks = kBlocks;
-        o.prefetch_threads = 1;
-        o.prefetch_budget_bytes = kBlock * kBlocks;
-        Fetcher f(fx.reader, cache, fx.objects(), o);
+        Fetcher f(fx.reader, cache, fx.objects(), whole_object_one_worker());
         fx.reader.hold_if([](std::uint64_t offset) { return offset != 50 * kBlock; });
         auto first = std::async(std::launch::async, [&] { return read_all(f, 10 * kBlock, kBlock); });
         REQUIRE(fx.reader.wait_held(2));  // block 10 (demand) and block 0 (the worker's)
         auto wanted = std::async(std::launch::async, [&] { return read_all(f, 50 * kBlock, kBlock); });
-        for (int i = 0; i < 1000 && f.stats().promoted == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        CHECK(f.stats().promoted == 1);
+        CHECK(wait_promoted(f, 1));
         fx.reader.answer_held();  // the worker is free: block 50 is next
         bool served = wanted.wait_for(std::chrono::seconds(5)) == std::future_status::ready;
         CHECK(served);
@@ -516,23 +526,14 @@ TEST_SUITE("fetcher") {
         // the worker must take 40 first, then 50, then go on in order.
         Striped fx;
         BlockCache cache(1 << 20);
-        FetcherOptions o = prefetch(16);
-        o.whole_object_blocks = kBlocks;
-        o.prefetch_threads = 1;
-        o.prefetch_budget_bytes = kBlock * kBlocks;
-        Fetcher f(fx.reader, cache, fx.objects(), o);
+        Fetcher f(fx.reader, cache, fx.objects(), whole_object_one_worker());
         fx.reader.hold();
-        auto wait_promoted = [&](std::uint64_t n) {
-            for (int i = 0; i < 2000 && f.stats().promoted < n; ++i)
-                std::this_thread::sleep_for(std::chrono::milliseconds(5));
-            return f.stats().promoted == n;
-        };
         auto r0 = std::async(std::launch::async, [&] { return read_all(f, 0, kBlock); });
         REQUIRE(fx.reader.wait_held(2));  // block 0 (demand), block 1 (the worker's)
         auto r40 = std::async(std::launch::async, [&] { return read_all(f, 40 * kBlock, kBlock); });
-        REQUIRE(wait_promoted(1));
+        REQUIRE(wait_promoted(f, 1));
         auto r50 = std::async(std::launch::async, [&] { return read_all(f, 50 * kBlock, kBlock); });
-        REQUIRE(wait_promoted(2));
+        REQUIRE(wait_promoted(f, 2));
         fx.reader.answer_held();
         REQUIRE(fx.reader.wait_held(1));
         CHECK(fx.reader.requests_at(40 * kBlock) == 1);
