@@ -75,7 +75,9 @@ command returns once the mount is ready and leaves a daemon; unmount with
   -o disk_cache_size=SIZE  most bytes kept in cache_dir; the least recently
                       used blocks go first (default 10GiB)
   -o prefetch=N       prefetch up to N blocks ahead of a sequential reader
-                      of a shard (default 32; 0 turns prefetch off)
+                      of a shard (default 32; 0 turns prefetch off); a shard
+                      of up to 8 blocks, or up to cache_size/4 when the whole
+                      dataset fits in the cache, comes whole at its first read
   -o read_ahead=SIZE  the kernel's read-ahead for this mount, set through
                       /sys/class/bdi (needs root; 4KiB..1MiB, default 1MiB:
                       one request per block; 0 keeps the kernel's 128KiB)
