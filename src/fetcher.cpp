@@ -39,21 +39,12 @@ bool await(std::future<Result<std::string>>& f, const std::stop_token& stop) {
 
 }  // namespace
 
-std::uint64_t default_prefetch_budget(std::uint64_t cache_bytes) { return cache_bytes / 4; }
-
-std::uint64_t whole_object_limit(std::uint64_t total_bytes, std::uint64_t cache_bytes, std::uint64_t block_size) {
-    constexpr std::uint64_t kSmallObjectBlocks = 8;
-    if (block_size == 0) return 0;
-    if (total_bytes > cache_bytes) return kSmallObjectBlocks;
-    return std::max(kSmallObjectBlocks, default_prefetch_budget(cache_bytes) / block_size);
-}
-
 Fetcher::Fetcher(BlobReader& reader, BlockCache& cache, std::vector<ObjectSpec> objects, FetcherOptions options)
     : reader_(reader),
       cache_(cache),
       options_(options),
-      prefetch_budget_(options.prefetch_budget_bytes != 0 ? options.prefetch_budget_bytes
-                                                           : default_prefetch_budget(cache.budget())) {
+      prefetch_budget_(options.prefetch_budget_bytes != 0 ? options.prefetch_budget_bytes : cache.budget() / 4),
+      dataset_objects_(objects.size()) {
     objects_.reserve(objects.size());
     for (ObjectSpec& o : objects) objects_.push_back(std::make_unique<const ObjectSpec>(std::move(o)));
 }
@@ -254,7 +245,7 @@ void Fetcher::prefetch_after(std::uint32_t object, const ObjectSpec& o, std::uin
             if (first + 1 < c.last || first > c.last + 1) continue;
             if (s == nullptr || c.window > s->window || (c.window == s->window && c.run > s->run)) s = &c;
         }
-        if (blocks <= options_.whole_object_blocks) {
+        if (blocks <= options_.whole_object_blocks || (dataset_fits(object) && o.size <= prefetch_budget_)) {
             // Queue the object in order (this read's own blocks are in flight
             // and skipped) as far as the budget allows; later reads go on.
             for (; os.whole_next < blocks; ++os.whole_next) {
@@ -295,7 +286,11 @@ void Fetcher::prefetch_after(std::uint32_t object, const ObjectSpec& o, std::uin
 }
 
 bool Fetcher::start_prefetch_locked(const BlockKey& key, std::uint64_t bytes, ObjectStreams& os) {
-    if (unread_.count(key) != 0) return true;  // prefetched already, in flight or cached
+    if (auto it = unread_.find(key); it != unread_.end()) {
+        if (!evicted_unread_locked(key, it->second)) return true;  // prefetched already, in flight or cached
+        unread_bytes_ -= it->second.bytes;  // evicted before anyone read it: may come again
+        unread_.erase(it);
+    }
     if (queue_.size() >= kMaxQueued) return false;
     // A block that needs no prefetch costs no budget, so a whole-object
     // prefetch walks past the cached part of an object even when the budget
@@ -374,10 +369,16 @@ void Fetcher::consume_locked(const BlockKey& key) {
     unread_.erase(it);
 }
 
+bool Fetcher::evicted_unread_locked(const BlockKey& key, const Unread& u) const {
+    // Out of the cache even while a joiner still holds the block: it no
+    // longer takes cache memory, and nothing keeps it from coming back.
+    return u.done && (u.block.expired() || !cache_.contains(key));
+}
+
 void Fetcher::prune_unread_locked() {
     // Blocks the cache evicted before anyone read them no longer hold budget.
     for (auto it = unread_.begin(); it != unread_.end();) {
-        if (it->second.done && it->second.block.expired()) {
+        if (evicted_unread_locked(it->first, it->second)) {
             unread_bytes_ -= it->second.bytes;
             it = unread_.erase(it);
         } else {
@@ -455,7 +456,7 @@ void Fetcher::run_prefetch(const BlockKey& key, std::stop_token stop) {
             } else {
                 it->second.done = true;
                 it->second.block = *result;
-                if (!options_.budget_cached_prefetches) {
+                if (dataset_fits(key.object)) {
                     unread_bytes_ -= it->second.bytes;  // kept, for prefetch_hits, at no cost
                     it->second.bytes = 0;
                 }

@@ -233,8 +233,8 @@ int run_mount(cli::MountCommand cmd) {
     // dataset fits in the cache, shards up to the prefetch budget do.
     std::uint64_t dataset_bytes = 0;
     for (const ShardInfo& s : manifest.shards) dataset_bytes += s.size;
-    fetcher_options.whole_object_blocks = whole_object_limit(dataset_bytes, cmd.cache_size, manifest.block_size);
-    fetcher_options.budget_cached_prefetches = dataset_bytes > cmd.cache_size;
+    fetcher_options.whole_object_blocks = 8;
+    fetcher_options.dataset_fits_cache = dataset_bytes <= cmd.cache_size;
     fetcher_options.disk_cache = disk_cache.get();
     Fetcher fetcher(reader, cache, std::move(objects), fetcher_options);
     FsOptions fs_options;

@@ -48,18 +48,18 @@ struct FetcherOptions {
     /// at its first read (while that read's own blocks are fetched): random
     /// reads of a small shard, such as the first batch of a shuffled epoch,
     /// then pay one round trip instead of one per block. Blocks are queued
-    /// in order; a read that needs a queued one moves it to the front. 0 =
-    /// off. Needs prefetch_blocks > 0; counts against prefetch_budget_bytes:
-    /// what does not fit is queued by later reads of the object, as reads
-    /// free the budget. See whole_object_limit().
+    /// in order; a read that needs a queued one moves it up. 0 = off. Needs
+    /// prefetch_blocks > 0; counts against prefetch_budget_bytes: what does
+    /// not fit is queued by later reads of the object as reads free budget.
     std::uint64_t whole_object_blocks = 0;
-    /// Whether a prefetched block goes on counting against the budget once it
-    /// is cached, until it is read or evicted: so prefetch never displaces
-    /// more than the budget of blocks that were read. False when the whole
-    /// dataset fits in the cache, where there is nothing to displace: then
-    /// only prefetches queued or in flight count (the memory they take
-    /// outside the cache), and a shard read in part holds no budget.
-    bool budget_cached_prefetches = true;
+    /// The objects given to the constructor (the dataset) fit in the cache
+    /// together. Each of them of at most prefetch_budget_bytes is then
+    /// prefetched whole too: in an epoch every block is read, and stays
+    /// cached, so this costs no extra bytes and turns the round trip per
+    /// block of a shuffled first pass into a bandwidth-bound sweep. Their
+    /// prefetched blocks hold budget only until cached, since they displace
+    /// nothing. Objects added later (checkpoints) keep the general rules.
+    bool dataset_fits_cache = false;
     /// Most prefetch worker threads, started as work arrives. Each owns one
     /// request at a time, so this bounds prefetch requests on the wire; 16
     /// matches HttpClient's default connection limit.
@@ -69,19 +69,6 @@ struct FetcherOptions {
     /// must outlive the Fetcher.
     DiskCache* disk_cache = nullptr;
 };
-
-/// The prefetch budget of a cache of `cache_bytes` when none is given: a quarter.
-std::uint64_t default_prefetch_budget(std::uint64_t cache_bytes);
-
-/// FetcherOptions::whole_object_blocks for a dataset of `total_bytes` (all its
-/// objects) read through a cache of `cache_bytes`: 8 blocks (a round trip per
-/// block costs more than 8 blocks' bytes), or, when the whole dataset fits in
-/// the cache, as many blocks as the default prefetch budget holds. In an epoch
-/// every block is read, and then stays cached, so fetching a shard at its
-/// first read costs no extra bytes and turns the round trip per block of a
-/// shuffled first pass into a bandwidth-bound sweep. A dataset larger than
-/// the cache keeps random reads cheap: one block each.
-std::uint64_t whole_object_limit(std::uint64_t total_bytes, std::uint64_t cache_bytes, std::uint64_t block_size);
 
 /// Thread-safe. Serves reads of objects from the BlockCache, fetching missing
 /// blocks through the BlobReader. Concurrent misses on one block share one
@@ -204,6 +191,11 @@ private:
     /// False when a limit stops prefetch for now.
     bool start_prefetch_locked(const BlockKey& key, std::uint64_t bytes, ObjectStreams& os);
     void consume_locked(const BlockKey& key);
+    /// A finished prefetch of `key` whose block left the cache unread.
+    bool evicted_unread_locked(const BlockKey& key, const Unread& u) const;
+    bool dataset_fits(std::uint32_t object) const {
+        return options_.dataset_fits_cache && object < dataset_objects_;
+    }
     void promote_queued(const std::vector<Slot>& slots) noexcept;
     void prune_unread_locked();
     void prefetch_worker(std::stop_token stop);
@@ -219,6 +211,7 @@ private:
     std::vector<std::unique_ptr<const ObjectSpec>> objects_;
     const FetcherOptions options_;
     const std::uint64_t prefetch_budget_;
+    const std::size_t dataset_objects_;  // objects_[0, this) came with the constructor
 
     // Lock order: prefetch_mutex_, then inflight_mutex_, then the cache's.
     // Neither is held across I/O.
