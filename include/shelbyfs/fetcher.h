@@ -128,7 +128,7 @@ public:
         std::uint64_t prefetched = 0;     ///< blocks whose prefetch was started
         std::uint64_t prefetch_hits = 0;  ///< prefetched blocks a read then used
         std::uint64_t prefetch_failures = 0;  ///< prefetches that ended in an error
-        std::uint64_t promoted = 0;  ///< queued prefetches a read joined and moved to the front
+        std::uint64_t promoted = 0;  ///< queued prefetches a read joined and moved up
     };
     Stats stats() const;
 
