@@ -25,6 +25,8 @@ Profiles (every network row runs under each):
              is capped at --rate per request (default 64 MiB/s; nginx
              `limit_rate`, so parallel connections add up, as on S3). Uploads are
              delayed but not rate-capped (nginx has no request-body limit).
+  Both take request bodies with client_body_buffer_size 1m (nginx's 16 KiB
+  default takes a chunked 1 GiB PUT at about a quarter of the rate).
 
 Rows (--only takes the group names, comma-separated). The imagefolder, seq,
 rand and cp groups run --repeat rounds (3; quick 1) per profile, each round

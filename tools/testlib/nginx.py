@@ -36,6 +36,10 @@ http {{
     keepalive_timeout 65s;
     keepalive_requests 100000;
     client_max_body_size 0;
+    # Buffer PUT bodies (checkpoints) 1 MiB at a time, not 16 KiB: with the
+    # default, nginx took a chunked 1 GiB body at about 500 MiB/s on a 2-CPU
+    # VM, with 1m at about 2,000 MiB/s (README, "Checkpoints").
+    client_body_buffer_size 1m;
     server {{
         listen 127.0.0.1:{port};
         server_name localhost;
