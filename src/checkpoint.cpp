@@ -459,6 +459,11 @@ Result<void> Checkpoints::store_object(const ObjectRef& object,
         discard();
         return put;
     }
+    return verify_stored(object, key);
+}
+
+// After the bytes were placed under `key`: the store must report their size.
+Result<void> Checkpoints::verify_stored(const ObjectRef& object, const std::string& key) {
     auto check = store_.head(key);
     if (!check) return make_error(check.error().code, "verifying the upload of " + key + ": " + check.error().message);
     if (*check != object.size)
@@ -519,9 +524,22 @@ Result<void> Checkpoints::finish_stream(OpenState& open, const ObjectRef& object
     if (auto sent = stream->finish(object.size); !sent) return sent;
     stream.reset();
     const std::string temp = open.stream_key;
-    auto stored = store_object(
-        object, [&](const std::string& key) { return store_.move(temp, key); },
-        [&] { discard_stream_object(temp); });
+    // A new object (the usual case) takes one round trip less than
+    // store_object's HEAD-then-MOVE: a MOVE that may not replace, so the
+    // server itself keeps an object that is already there. When that MOVE
+    // fails (the object is there, or the server refused the request),
+    // store_object decides as usual: dedupe, or replace a damaged object.
+    const std::string key = object_key(object.hash);
+    Result<void> stored = store_.move(temp, key, MoveMode::NoReplace);
+    if (stored) {
+        stored = verify_stored(object, key);
+    } else {
+        log::debug("checkpoint", "MOVE without replacing did not place " + key + " (already stored?): " +
+                                     stored.error().message);
+        stored = store_object(
+            object, [&](const std::string& k) { return store_.move(temp, k, MoveMode::Replace); },
+            [&] { discard_stream_object(temp); });
+    }
     if (stored) streamed_.fetch_add(1);
     return stored;
 }

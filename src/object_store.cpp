@@ -589,13 +589,14 @@ public:
         return std::move(s).value();
     }
 
-    Result<void> move(const std::string& from, const std::string& to) override {
+    Result<void> move(const std::string& from, const std::string& to, MoveMode mode) override {
         if (auto ok = check_key(from, base_); !ok) return ok;
         if (auto ok = check_key(to, base_); !ok) return ok;
+        const bool replace = mode == MoveMode::Replace;
         HttpRequest r;
         r.method = "MOVE";
         r.url = location(from);
-        r.options.headers = {"Destination: " + location(to), "Overwrite: T"};
+        r.options.headers = {"Destination: " + location(to), replace ? "Overwrite: T" : "Overwrite: F"};
         if (auto res = http_.send(std::move(r)).get(); !res) return failure("move", from, std::move(res).error());
         return {};
     }
@@ -691,7 +692,7 @@ std::string printable_key(std::string_view key) { return printable(key); }
 
 std::unique_ptr<StreamingPut> ObjectStore::begin_stream(const std::string&, const std::string&) { return nullptr; }
 
-Result<void> ObjectStore::move(const std::string& from, const std::string&) {
+Result<void> ObjectStore::move(const std::string& from, const std::string&, MoveMode) {
     return make_error(Errc::NotSupported, "move '" + printable_key(from) + "' in " + describe() + ": not supported");
 }
 

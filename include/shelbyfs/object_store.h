@@ -23,6 +23,8 @@ namespace shelbyfs {
 class HttpClient;
 class StreamingPut;
 
+enum class MoveMode { Replace, NoReplace };
+
 /// Thread-safe. Every call is synchronous and returns once the store has
 /// answered (after the transport's retries). Errors name the key (or prefix),
 /// the base and the cause.
@@ -60,10 +62,12 @@ public:
     /// succeeded). nullptr where the store cannot (the default): the caller
     /// then uploads the finished file with put_file().
     virtual std::unique_ptr<StreamingPut> begin_stream(const std::string& key, const std::string& path);
-    /// Rename the object `from` to `to`, replacing `to` (WebDAV MOVE): how a
-    /// streamed temporary object gets its content-addressed name.
-    /// Errc::NotSupported by default.
-    virtual Result<void> move(const std::string& from, const std::string& to);
+    /// Rename the object `from` to `to` (WebDAV MOVE): how a streamed
+    /// temporary object gets its content-addressed name. Replace overwrites
+    /// `to`; NoReplace asks the server to keep an existing `to` (WebDAV
+    /// "Overwrite: F"): the move then fails (412, Errc::HttpStatus) and
+    /// `from` stays. Errc::NotSupported by default.
+    virtual Result<void> move(const std::string& from, const std::string& to, MoveMode mode);
     /// Delete the object `key` (a temporary one). Errc::NotSupported by default.
     virtual Result<void> remove(const std::string& key);
 };

@@ -659,6 +659,64 @@ class StreamedUploadTests(CheckpointCase):
         with self.mount(url, self.spool()) as m:
             self.assert_content(self.ck(m, 'seq.bin'), data)
 
+    def test_streamed_object_is_moved_without_replacing(self):
+        # A new object: MOVE "Overwrite: F" straight away (no HEAD before it).
+        # The same bytes again: nginx keeps the stored object (412), the
+        # temporary is deleted, and the object on disk is the first one.
+        url, root = self.http_store()
+        data = seeded(12 * MiB, 73)
+        obj = os.path.join(root, 'objects', ckpt.xxh128(data))
+        store_path = '/' + url.split('/', 3)[3]
+
+        def requests():
+            got = []
+            for ln in G['nginx'].access_log().splitlines():
+                m = re.search(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d+)', ln)
+                if m and m.group(2).startswith(store_path):
+                    got.append((m.group(1), m.group(2)[len(store_path):], int(m.group(3))))
+            return got
+
+        with self.mount(url, self.spool()) as m:
+            put(self.ck(m, 'first.bin'), data)
+            first = requests()
+            stored = os.stat(obj)
+            put(self.ck(m, 'second.bin'), data)
+            second = requests()[len(first):]
+            self.assert_content(self.ck(m, 'second.bin'), data)
+            self.assertEqual(self.streamed(m), 2)
+        key = 'objects/' + ckpt.xxh128(data)
+        moves = [r for r in first if r[0] == 'MOVE']
+        self.assertEqual([s for _, _, s in moves], [204], first)
+        self.assertTrue(moves[0][1].startswith('uploads/'), moves)
+        before_move = first[:first.index(moves[0])]
+        self.assertNotIn(('HEAD', key), [(meth, p) for meth, p, _ in before_move], first)
+        self.assertIn(('HEAD', key, 200), first[first.index(moves[0]):], 'the move is not verified')
+        second_moves = [r for r in second if r[0] == 'MOVE']
+        self.assertEqual([s for _, _, s in second_moves], [412], second)
+        self.assertIn(('DELETE', second_moves[0][1], 204), second, 'the temporary is not deleted')
+        now = os.stat(obj)
+        self.assertEqual((now.st_ino, now.st_mtime_ns), (stored.st_ino, stored.st_mtime_ns),
+                         'the stored object was replaced')
+        self.assertEqual(ckpt.xxh128_file(obj), ckpt.xxh128(data))
+        self.assertEqual(os.listdir(os.path.join(root, 'uploads')), [], 'a temporary name is left')
+        self.assert_store_sound(root)
+
+    def test_streamed_save_replaces_a_damaged_object(self):
+        url, root = self.http_store()
+        data = seeded(12 * MiB, 74)
+        obj = os.path.join(root, 'objects', ckpt.xxh128(data))
+        os.makedirs(os.path.dirname(obj))
+        with open(obj, 'wb') as f:
+            f.write(data[:MiB])     # a cut-short copy under the right name
+        with self.mount(url, self.spool()) as m:
+            put(self.ck(m, 'fixed.bin'), data)
+            self.assert_content(self.ck(m, 'fixed.bin'), data)
+            self.assertEqual(self.streamed(m), 1)
+            self.assertIn('replacing the damaged object', m.log())
+        self.assertEqual(ckpt.xxh128_file(obj), ckpt.xxh128(data))
+        self.assertEqual(os.listdir(os.path.join(root, 'uploads')), [], 'a temporary name is left')
+        self.assert_store_sound(root)
+
     def test_rewriting_sent_bytes_abandons_the_stream(self):
         # zipfile-style: write on, then seek back and patch a header.
         url, root = self.http_store()
