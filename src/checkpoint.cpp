@@ -119,6 +119,7 @@ struct Checkpoints::OpenState {
     // [0, streamed) of the spool file, under the temporary key stream_key.
     std::unique_ptr<StreamingPut> stream;
     std::string stream_key;
+    std::unique_ptr<StreamNote> stream_note;  // until the temporary object is gone
     std::uint64_t streamed = 0;
     bool no_stream = false;  // a write out of order, a truncate or a save: upload at close instead
 };
@@ -493,12 +494,21 @@ void Checkpoints::follow_with_stream(OpenState& open, std::uint64_t offset, std:
     }
     const std::uint64_t end = open.file->size();
     if (offset + size != end || end < kStreamFrom) return;
-    open.stream_key = "uploads/" + writer_ + "-" + std::to_string(stream_seq_.fetch_add(1) + 1);
+    open.stream_key = std::string(kUploadsPrefix) + writer_ + "-" + std::to_string(stream_seq_.fetch_add(1) + 1);
+    // Noted first, so that the temporary object is deleted by the next mount
+    // should this one die before renaming it.
+    auto note = spool_->note_stream(open.stream_key);
+    if (!note) {
+        log::warn("checkpoint", "not streaming (the upload waits for close): " + note.error().message);
+        open.no_stream = true;
+        return;
+    }
     open.stream = store_.begin_stream(open.stream_key, open.file->path());
     if (!open.stream) {
         open.no_stream = true;
         return;
     }
+    open.stream_note = std::move(note).value();
     open.streamed = end;
     open.stream->extend(end);
 }
@@ -507,6 +517,7 @@ void Checkpoints::follow_with_stream(OpenState& open, std::uint64_t offset, std:
 // key on a WebDAV server); the file is uploaded whole at close.
 void Checkpoints::stop_stream(OpenState& open) {
     open.stream.reset();
+    open.stream_note.reset();
     open.no_stream = true;
 }
 
@@ -519,6 +530,9 @@ void Checkpoints::discard_stream_object(const std::string& key) {
 // failure leaves the caller to upload from the spool (the usual path).
 Result<void> Checkpoints::finish_stream(OpenState& open, const ObjectRef& object) {
     std::unique_ptr<StreamingPut> stream = std::move(open.stream);
+    // Forgotten on return: by then the temporary object is renamed, deleted,
+    // or was never completed (a failed PUT).
+    std::unique_ptr<StreamNote> note = std::move(open.stream_note);
     open.no_stream = true;  // later saves of this open file upload at close
     if (open.streamed != object.size) return make_error(Errc::Io, "the stream did not carry the whole file");
     if (auto sent = stream->finish(object.size); !sent) return sent;
@@ -577,6 +591,24 @@ Result<void> Checkpoints::resume_orphans() {
         }
         log::info("checkpoint", "resumed the pending upload of \"" + op.path + "\" (" + op.object.hash.hex() + ")");
         spool_->drop({o.data_path, o.journal_path});
+    }
+    // Temporary objects of streams the dead mounts never renamed. Only keys
+    // under uploads/ are ever deleted, whatever a damaged note says.
+    for (const Spool::OrphanStream& s : spool_->orphan_streams()) {
+        if (s.key.rfind(kUploadsPrefix, 0) != 0 || s.key.find('\n') != std::string::npos) {
+            log::error("checkpoint", "ignoring a damaged stream note " + s.note_path);
+            spool_->drop_stream(s);
+            continue;
+        }
+        auto gone = store_.remove(s.key);
+        // NotSupported: a store that cannot delete cannot have streamed either.
+        if (gone || gone.error().code == Errc::NotFound || gone.error().code == Errc::NotSupported) {
+            if (gone) log::info("checkpoint", "deleted " + s.key + ", the temporary object of a mount that died");
+            spool_->drop_stream(s);
+        } else {
+            log::warn("checkpoint", "cannot delete " + s.key + " left by a mount that died (kept for the next mount): " +
+                                        gone.error().message);
+        }
     }
     spool_->release_orphans();
     return {};

@@ -187,7 +187,7 @@ Result<std::unique_ptr<Spool>> Spool::open(const std::string& dir, std::uint64_t
     std::string name = std::to_string(::getpid()) + "-" + random_hex();
     std::string building = dir + "/new-" + name;
     std::string instance = dir + "/inst-" + name;
-    for (const char* sub : {"/open", "/pending"}) {
+    for (const char* sub : {"/open", "/pending", "/streams"}) {
         fs::create_directories(building + sub, ec);
         if (ec) return make_error(Errc::Io, "spool directory " + building + sub + ": " + ec.message());
     }
@@ -316,10 +316,55 @@ void Spool::release_orphans() {
     for (auto& [inst, fd] : claimed_) {
         std::error_code ec;
         bool empty = fs::is_empty(inst + "/pending", ec);
+        // Directories from before streams/ existed have none.
+        if (!ec && empty && fs::exists(inst + "/streams", ec)) empty = fs::is_empty(inst + "/streams", ec);
         if (!ec && empty) fs::remove_all(inst, ec);
         ::close(fd);
     }
     claimed_.clear();
 }
+
+StreamNote::~StreamNote() { ::unlink(path_.c_str()); }
+
+Result<std::unique_ptr<StreamNote>> Spool::note_stream(const std::string& key) {
+    std::string path = instance_ + "/streams/" + std::to_string(next_id_.fetch_add(1));
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return io_error("create " + path, errno);
+    auto w = write_all(fd, key.data(), key.size(), 0, path);
+    ::close(fd);
+    if (!w) {
+        ::unlink(path.c_str());
+        return std::move(w).error();
+    }
+    return std::unique_ptr<StreamNote>(new StreamNote(path));
+}
+
+std::vector<Spool::OrphanStream> Spool::orphan_streams() {
+    std::vector<OrphanStream> out;
+    std::lock_guard lock(claimed_mutex_);
+    for (const auto& [inst, fd] : claimed_) {
+        std::error_code ec;
+        for (const auto& p : fs::directory_iterator(inst + "/streams", ec)) {
+            std::string note = p.path().string();
+            std::string key;
+            int nfd = ::open(note.c_str(), O_RDONLY | O_CLOEXEC);
+            if (nfd >= 0) {
+                char buf[4096];
+                ssize_t n;
+                while ((n = ::read(nfd, buf, sizeof buf)) > 0 && key.size() < 4096) key.append(buf, static_cast<std::size_t>(n));
+                ::close(nfd);
+            }
+            if (key.empty()) {  // written when the mount died: nothing was sent under it yet
+                ::unlink(note.c_str());
+                continue;
+            }
+            out.push_back(OrphanStream{std::move(key), std::move(note)});
+        }
+    }
+    std::sort(out.begin(), out.end(), [](const OrphanStream& a, const OrphanStream& b) { return a.key < b.key; });
+    return out;
+}
+
+void Spool::drop_stream(const OrphanStream& stream) { ::unlink(stream.note_path.c_str()); }
 
 }  // namespace shelbyfs

@@ -24,6 +24,8 @@ inline constexpr std::string_view kIndexFormat = "shelbyfs-checkpoint-index";
 inline constexpr int kIndexVersion = 1;
 inline constexpr std::string_view kObjectsPrefix = "objects/";
 inline constexpr std::string_view kIndexPrefix = "index/";
+/// Temporary names of streamed uploads, renamed to objects/ when complete.
+inline constexpr std::string_view kUploadsPrefix = "uploads/";
 
 /// user.* extended attributes, name -> raw value bytes.
 using XattrMap = std::map<std::string, std::string>;

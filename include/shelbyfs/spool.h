@@ -9,6 +9,9 @@
 //   inst-<pid>-<random>/pending/<n>.data, <n>.json
 //                                   an upload in progress: a hard link to the
 //                                   data and the index record to write after it
+//   inst-<pid>-<random>/streams/<n> the store key of a temporary object a
+//                                   stream is writing (deleted by the next
+//                                   mount if this one dies first)
 // A directory whose lock nobody holds belongs to a mount that died.
 #pragma once
 
@@ -69,6 +72,22 @@ private:
     bool in_order_ = true;
 };
 
+/// A note in the spool that a stream is creating a temporary object in the
+/// store. Destroy it once the object is gone (renamed, deleted, or never
+/// completed); should the mount die first, the next mount deletes the
+/// object (Spool::orphan_streams).
+class StreamNote {
+public:
+    ~StreamNote();
+    StreamNote(const StreamNote&) = delete;
+    StreamNote& operator=(const StreamNote&) = delete;
+
+private:
+    friend class Spool;
+    explicit StreamNote(std::string path) : path_(std::move(path)) {}
+    std::string path_;
+};
+
 /// Thread-safe.
 class Spool {
 public:
@@ -104,9 +123,22 @@ public:
     /// Claim every instance directory whose mount is gone and return its
     /// journaled uploads, oldest first. Unreadable journals are logged and skipped.
     std::vector<Orphan> claim_orphans();
-    /// Delete the claimed directories of dead mounts whose orphans are all
-    /// dropped (the others stay for the next mount to retry).
+    /// Delete the claimed directories of dead mounts whose orphans and
+    /// orphan streams are all dropped (the others stay for the next mount).
     void release_orphans();
+
+    /// Note that a stream is about to create the temporary object `key`.
+    /// Not synced: it survives the mount's death, not the machine's.
+    Result<std::unique_ptr<StreamNote>> note_stream(const std::string& key);
+    /// A temporary object noted by a mount that died.
+    struct OrphanStream {
+        std::string key;
+        std::string note_path;
+    };
+    /// The notes of the dead mounts that claim_orphans() claimed.
+    std::vector<OrphanStream> orphan_streams();
+    /// The orphan's object is gone from the store: forget the note.
+    void drop_stream(const OrphanStream& stream);
 
     std::uint64_t used() const { return used_.load(); }
     std::uint64_t limit() const { return limit_; }

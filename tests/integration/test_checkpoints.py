@@ -17,6 +17,7 @@ Run: SHELBYFS_BIN=build/src/shelbyfs /usr/bin/python3 tests/integration/test_che
 """
 import datetime
 import errno
+import glob
 import itertools
 import json
 import mmap
@@ -644,11 +645,14 @@ class StreamedUploadTests(CheckpointCase):
     def test_in_order_writes_are_uploaded_while_written(self):
         url, root = self.http_store()
         data = seeded(48 * MiB, 70)
-        with self.mount(url, self.spool()) as m:
+        spool = self.spool()
+        with self.mount(url, spool) as m:
             path = self.ck(m, 'seq.bin')
             with open(path, 'wb') as f:
                 for off in range(0, len(data), MiB):
                     f.write(data[off:off + MiB])
+            self.assertEqual(glob.glob(os.path.join(spool, '*', 'inst-*', 'streams', '*')), [],
+                             'the note of a finished stream is left')
             self.assert_content(path, data)
             self.assert_hash_xattr(path, ckpt.xxh128(data))
             self.assertEqual(self.streamed(m), 1)
@@ -700,6 +704,50 @@ class StreamedUploadTests(CheckpointCase):
         self.assertEqual(ckpt.xxh128_file(obj), ckpt.xxh128(data))
         self.assertEqual(os.listdir(os.path.join(root, 'uploads')), [], 'a temporary name is left')
         self.assert_store_sound(root)
+
+    def test_a_dead_mounts_temporary_upload_is_deleted_by_the_next_mount(self):
+        url, root = self.http_store()
+        spool = self.spool()
+        data = seeded(12 * MiB, 75)
+        m = self.mount(url, spool)
+        with m:
+            fd = os.open(self.ck(m, 'dying.bin'), os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                for off in range(0, len(data), MiB):
+                    self.assertEqual(os.write(fd, data[off:off + MiB]), MiB)
+                notes = glob.glob(os.path.join(spool, '*', 'inst-*', 'streams', '*'))
+                self.assertEqual(len(notes), 1, 'no note of the stream in the spool')
+                with open(notes[0]) as f:
+                    key = f.read()
+                status, sanitizer = ckpt.kill_mount(m)
+            finally:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.assertEqual(status, -signal.SIGKILL)
+        self.assertEqual(sanitizer, [])
+        self.assertTrue(key.startswith('uploads/'), key)
+        # What a mount that died between its PUT and its MOVE leaves behind,
+        # and a damaged note that names a stored object.
+        leftover = os.path.join(root, key)
+        os.makedirs(os.path.dirname(leftover), exist_ok=True)
+        with open(leftover, 'wb') as f:
+            f.write(data)
+        kept = os.path.join(root, 'objects', '0' * 32)
+        os.makedirs(os.path.dirname(kept), exist_ok=True)
+        with open(kept, 'wb') as f:
+            f.write(b'not a temporary')
+        with open(os.path.join(os.path.dirname(notes[0]), '999'), 'w') as f:
+            f.write('objects/' + '0' * 32)
+        dead = os.path.dirname(os.path.dirname(notes[0]))
+        with self.mount(url, spool, allow_errors=[r'ignoring a damaged stream note']) as m:
+            self.assertFalse(os.path.exists(leftover), 'the temporary object is left')
+            self.assertTrue(os.path.exists(kept), 'a damaged note deleted a stored object')
+            self.assertFalse(os.path.exists(dead), 'the dead mount\'s spool directory is left')
+            self.assertNotIn('dying.bin', os.listdir(self.ck(m)))
+            m.stop()
+            self.assertIn('deleted ' + key, m.log())
 
     def test_streamed_save_replaces_a_damaged_object(self):
         url, root = self.http_store()

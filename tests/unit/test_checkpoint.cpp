@@ -416,6 +416,57 @@ TEST_SUITE("checkpoint") {
         CHECK(fresh.read("resumed.pt") == data);
     }
 
+    TEST_CASE("a dead mount's stream notes: only uploads/ keys are deleted, then the directory goes") {
+        TempDir t;
+        std::string spool = t.path + "/spool";
+        std::string inst = spool + "/inst-1-dead";
+        for (const char* sub : {"/pending", "/open", "/streams"}) fs::create_directories(inst + sub);
+        { std::ofstream(inst + "/lock"); }
+        fs::create_directories(t.path + "/store/objects");
+        { std::ofstream(t.path + "/store/objects/keep", std::ios::binary) << "stored"; }
+        { std::ofstream(inst + "/streams/1") << "objects/keep"; }  // damaged: never deleted
+        { std::ofstream(inst + "/streams/2") << "uploads/w-1"; }   // a store that cannot delete
+        { std::ofstream(inst + "/streams/3"); }                     // empty: the mount died writing it
+        Mount m(t.path + "/store", spool);
+        CHECK(fs::exists(t.path + "/store/objects/keep"));
+        CHECK(!fs::exists(inst));
+    }
+
+    TEST_CASE("a stream note lives until it is destroyed; a dead mount's notes are listed once claimed") {
+        TempDir t;
+        std::string dir = t.path + "/spool";
+        auto live = Spool::open(dir, 1 << 20, 4096);
+        REQUIRE(live);
+        auto note = (*live)->note_stream("uploads/w-7");
+        REQUIRE(note);
+        std::vector<std::string> notes;
+        for (const auto& inst : fs::directory_iterator(dir))
+            for (const auto& p : fs::directory_iterator(inst.path() / "streams")) notes.push_back(p.path().string());
+        REQUIRE(notes.size() == 1);
+        note->reset();
+        CHECK(!fs::exists(notes[0]));
+
+        // A dead instance: listed by the next spool after claim_orphans, kept until dropped.
+        std::string inst = dir + "/inst-9-dead";
+        for (const char* sub : {"/pending", "/open", "/streams"}) fs::create_directories(inst + sub);
+        { std::ofstream(inst + "/lock"); }
+        { std::ofstream(inst + "/streams/4") << "uploads/w-4"; }
+        auto next = Spool::open(dir, 1 << 20, 4096);
+        REQUIRE(next);
+        CHECK((*next)->claim_orphans().empty());
+        auto orphans = (*next)->orphan_streams();
+        REQUIRE(orphans.size() == 1);
+        CHECK(orphans[0].key == "uploads/w-4");
+        (*next)->release_orphans();
+        CHECK(fs::exists(inst + "/streams/4"));  // not dropped: kept for the next mount
+        CHECK((*next)->claim_orphans().empty());
+        orphans = (*next)->orphan_streams();
+        REQUIRE(orphans.size() == 1);
+        (*next)->drop_stream(orphans[0]);
+        (*next)->release_orphans();
+        CHECK(!fs::exists(inst));
+    }
+
     TEST_CASE("a live mount's spool is not taken over by another") {
         TempDir t;
         Mount a(t.path + "/store", t.path + "/spool");
