@@ -439,11 +439,13 @@ Result<void> Checkpoints::upload(const ObjectRef& object, const std::string& dat
 // with the right size; otherwise `place` puts the bytes under the key (a
 // wrong size there is damage, replaced), and the size is verified. `discard`
 // runs when the bytes that `place` would use are not needed or it failed.
+// `absent`, if given, is set when the store did not have the object.
 Result<void> Checkpoints::store_object(const ObjectRef& object,
                                        const std::function<Result<void>(const std::string& key)>& place,
-                                       const std::function<void()>& discard) {
+                                       const std::function<void()>& discard, bool* absent) {
     std::string key = object_key(object.hash);
     auto existing = store_.head(key);
+    if (absent != nullptr) *absent = !existing && existing.error().code == Errc::NotFound;
     if (existing && *existing == object.size) {
         discard();
         deduplicated_.fetch_add(1);
@@ -544,15 +546,25 @@ Result<void> Checkpoints::finish_stream(OpenState& open, const ObjectRef& object
     // fails (the object is there, or the server refused the request),
     // store_object decides as usual: dedupe, or replace a damaged object.
     const std::string key = object_key(object.hash);
-    Result<void> stored = store_.move(temp, key, MoveMode::NoReplace);
+    Result<void> stored = make_error(Errc::NotSupported, "MOVE without replacing is refused by this store");
+    const bool try_no_replace = no_replace_moves_.load();
+    if (try_no_replace) stored = store_.move(temp, key, MoveMode::NoReplace);
     if (stored) {
         stored = verify_stored(object, key);
     } else {
-        log::debug("checkpoint", "MOVE without replacing did not place " + key + " (already stored?): " +
-                                     stored.error().message);
+        if (try_no_replace)
+            log::debug("checkpoint", "MOVE without replacing did not place " + key + " (already stored?): " +
+                                         stored.error().message);
+        bool absent = false;
         stored = store_object(
             object, [&](const std::string& k) { return store_.move(temp, k, MoveMode::Replace); },
-            [&] { discard_stream_object(temp); });
+            [&] { discard_stream_object(temp); }, &absent);
+        // It was not there, yet the MOVE that may not replace failed and the
+        // one that may succeeded: the server refuses "Overwrite: F". Stop
+        // paying for the refused request.
+        if (stored && absent && try_no_replace && no_replace_moves_.exchange(false))
+            log::info("checkpoint", store_.describe() + " refused a MOVE with \"Overwrite: F\"; streamed uploads "
+                                    "check with HEAD before they MOVE from now on");
     }
     if (stored) streamed_.fetch_add(1);
     return stored;

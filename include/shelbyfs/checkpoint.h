@@ -5,8 +5,8 @@
 // unless already there, verified (the store reports the right size), and
 // only then is the name published by an immutable index record. On an HTTP
 // store, a file written in order is sent while it is written, to a
-// temporary uploads/ key that close() renames (MOVE, not replacing an
-// existing object) to objects/<hash>. The call
+// temporary uploads/ key that close() renames (MOVE, keeping an intact
+// object already stored) to objects/<hash>. The call
 // returns once all of that is durable; any failure returns an error (EIO)
 // and publishes nothing. Objects and records are never overwritten or
 // deleted; every version of every name stays readable under .versions/.
@@ -148,7 +148,7 @@ private:
     Result<void> write_record(const IndexRecord& record);
     Result<void> upload(const ObjectRef& object, const std::string& data_path);
     Result<void> store_object(const ObjectRef& object, const std::function<Result<void>(const std::string& key)>& place,
-                              const std::function<void()>& discard);
+                              const std::function<void()>& discard, bool* absent = nullptr);
     Result<void> verify_stored(const ObjectRef& object, const std::string& key);
     // Streamed uploads: a file written in order is sent while it is written.
     void follow_with_stream(OpenState& open, std::uint64_t offset, std::size_t size);
@@ -190,6 +190,7 @@ private:
 
     std::atomic<std::uint64_t> uploads_{0}, upload_bytes_{0}, deduplicated_{0}, records_{0}, failures_{0}, streamed_{0};
     std::atomic<std::uint64_t> stream_seq_{0};
+    std::atomic<bool> no_replace_moves_{true};  // the store honours WebDAV "Overwrite: F"
 };
 
 }  // namespace shelbyfs

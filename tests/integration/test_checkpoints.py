@@ -635,6 +635,17 @@ class StreamedUploadTests(CheckpointCase):
     """A file written in order is uploaded while it is written (chunked PUT to
     uploads/, then MOVE to objects/<hash> at close)."""
 
+    @staticmethod
+    def dav_requests(url):
+        """(method, path under the store, status) of nginx's requests to the store at `url`."""
+        store_path = '/' + url.split('/', 3)[3]
+        got = []
+        for ln in G['nginx'].access_log().splitlines():
+            m = re.search(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d+)', ln)
+            if m and m.group(2).startswith(store_path):
+                got.append((m.group(1), m.group(2)[len(store_path):], int(m.group(3))))
+        return got
+
     def streamed(self, m):
         """Uploads the daemon streamed, from the statistics it logs at unmount."""
         m.stop()
@@ -670,22 +681,12 @@ class StreamedUploadTests(CheckpointCase):
         url, root = self.http_store()
         data = seeded(12 * MiB, 73)
         obj = os.path.join(root, 'objects', ckpt.xxh128(data))
-        store_path = '/' + url.split('/', 3)[3]
-
-        def requests():
-            got = []
-            for ln in G['nginx'].access_log().splitlines():
-                m = re.search(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d+)', ln)
-                if m and m.group(2).startswith(store_path):
-                    got.append((m.group(1), m.group(2)[len(store_path):], int(m.group(3))))
-            return got
-
         with self.mount(url, self.spool()) as m:
             put(self.ck(m, 'first.bin'), data)
-            first = requests()
+            first = self.dav_requests(url)
             stored = os.stat(obj)
             put(self.ck(m, 'second.bin'), data)
-            second = requests()[len(first):]
+            second = self.dav_requests(url)[len(first):]
             self.assert_content(self.ck(m, 'second.bin'), data)
             self.assertEqual(self.streamed(m), 2)
         key = 'objects/' + ckpt.xxh128(data)
@@ -749,6 +750,26 @@ class StreamedUploadTests(CheckpointCase):
             m.stop()
             self.assertIn('deleted ' + key, m.log())
 
+    def test_a_server_refusing_overwrite_f_costs_one_refused_move(self):
+        # The test nginx answers 400 to "Overwrite: F" under /refuses-overwrite-f/.
+        name = f'store-{next(_STORE_IDS)}'
+        url = G['nginx'].url(f'refuses-overwrite-f/{name}/')
+        root = os.path.join(G['out'], 'refuses-overwrite-f', name)
+        files = {f'f{i}.bin': seeded(12 * MiB, 80 + i) for i in range(3)}
+        with self.mount(url, self.spool()) as m:
+            for fname, data in files.items():
+                put(self.ck(m, fname), data)
+            for fname, data in files.items():
+                self.assert_content(self.ck(m, fname), data)
+            self.assertEqual(self.streamed(m), 3)
+            self.assertIn('refused a MOVE with "Overwrite: F"', m.log())
+        sent = self.dav_requests(url)
+        self.assertEqual([s for meth, _, s in sent if meth == 'MOVE'], [400, 204, 204, 204], sent)
+        for data in files.values():
+            self.assertEqual(ckpt.xxh128_file(os.path.join(root, 'objects', ckpt.xxh128(data))), ckpt.xxh128(data))
+        self.assertEqual(os.listdir(os.path.join(root, 'uploads')), [], 'a temporary name is left')
+        self.assert_store_sound(root)
+
     def test_streamed_save_replaces_a_damaged_object(self):
         url, root = self.http_store()
         data = seeded(12 * MiB, 74)
@@ -761,6 +782,8 @@ class StreamedUploadTests(CheckpointCase):
             self.assert_content(self.ck(m, 'fixed.bin'), data)
             self.assertEqual(self.streamed(m), 1)
             self.assertIn('replacing the damaged object', m.log())
+        sent = self.dav_requests(url)
+        self.assertEqual([s for meth, _, s in sent if meth == 'MOVE'], [412, 204], sent)
         self.assertEqual(ckpt.xxh128_file(obj), ckpt.xxh128(data))
         self.assertEqual(os.listdir(os.path.join(root, 'uploads')), [], 'a temporary name is left')
         self.assert_store_sound(root)

@@ -40,12 +40,19 @@ http {{
     # default, nginx took a chunked 1 GiB body at about 500 MiB/s on a 2-CPU
     # VM, with 1m at about 2,000 MiB/s (README, "Checkpoints").
     client_body_buffer_size 1m;
+    # Under /refuses-overwrite-f/, a WebDAV server that rejects the
+    # "Overwrite: F" header (400), as some do: the fallback is tested there.
+    map "$http_overwrite:$uri" $refuse_overwrite_f {{
+        default 0;
+        "~^F:/refuses-overwrite-f/" 1;
+    }}
     server {{
         listen 127.0.0.1:{port};
         server_name localhost;
         root {root};
         location = /__shelbyfs_ready {{ access_log off; return 204; }}
         location / {{
+            if ($refuse_overwrite_f) {{ return 400; }}
             dav_methods PUT DELETE MKCOL COPY MOVE;
             create_full_put_path on;
             autoindex on;
