@@ -73,6 +73,20 @@ std::string random_writer_id() {
     return buf;
 }
 
+// uploads/<writer: 16 hex digits>-<sequence number>: the only keys a
+// stream writes, and so the only ones a dead mount's notes may delete.
+bool is_stream_key(std::string_view key) {
+    if (key.substr(0, kUploadsPrefix.size()) != kUploadsPrefix) return false;
+    key.remove_prefix(kUploadsPrefix.size());
+    if (key.size() < 18 || key[16] != '-') return false;
+    for (std::size_t i = 0; i < key.size(); ++i) {
+        const char ch = key[i];
+        const bool ok = i < 16 ? ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f')) : i == 16 || (ch >= '0' && ch <= '9');
+        if (!ok) return false;
+    }
+    return true;
+}
+
 Result<ContentHash> hash_file(const std::string& path, std::uint64_t* size) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return make_error(Errc::Io, path + ": " + std::strerror(errno));
@@ -523,23 +537,33 @@ void Checkpoints::stop_stream(OpenState& open) {
     open.no_stream = true;
 }
 
-// Best effort: a leftover temporary object is garbage, not damage.
-void Checkpoints::discard_stream_object(const std::string& key) {
-    if (auto r = store_.remove(key); !r) log::warn("checkpoint", "cannot delete a temporary upload: " + r.error().message);
+// Best effort: a leftover temporary object is garbage, not damage. If it
+// cannot be deleted, its note is kept (`note` may be null): the spool then
+// outlives this mount, and the next mount that uses it deletes the object.
+void Checkpoints::discard_stream_object(const std::string& key, std::unique_ptr<StreamNote>& note) {
+    auto r = store_.remove(key);
+    if (r || r.error().code == Errc::NotFound) return;
+    log::warn("checkpoint", "cannot delete a temporary upload (left for the next mount): " + r.error().message);
+    if (note) note->keep();
 }
 
 // Complete the stream and give its object the content-addressed name. Any
 // failure leaves the caller to upload from the spool (the usual path).
 Result<void> Checkpoints::finish_stream(OpenState& open, const ObjectRef& object) {
-    std::unique_ptr<StreamingPut> stream = std::move(open.stream);
-    // Forgotten on return: by then the temporary object is renamed, deleted,
-    // or was never completed (a failed PUT).
+    // Forgotten on return (declared first, so after the stream is gone): by
+    // then the temporary object is renamed or deleted.
     std::unique_ptr<StreamNote> note = std::move(open.stream_note);
+    std::unique_ptr<StreamingPut> stream = std::move(open.stream);
     open.no_stream = true;  // later saves of this open file upload at close
-    if (open.streamed != object.size) return make_error(Errc::Io, "the stream did not carry the whole file");
-    if (auto sent = stream->finish(object.size); !sent) return sent;
-    stream.reset();
     const std::string temp = open.stream_key;
+    if (open.streamed != object.size) return make_error(Errc::Io, "the stream did not carry the whole file");
+    if (auto sent = stream->finish(object.size); !sent) {
+        // The server may have taken the whole body even so (an answer that
+        // timed out): delete what might be there.
+        discard_stream_object(temp, note);
+        return sent;
+    }
+    stream.reset();
     // A new object (the usual case) takes one round trip less than
     // store_object's HEAD-then-MOVE: a MOVE that may not replace, so the
     // server itself keeps an object that is already there. When that MOVE
@@ -550,19 +574,23 @@ Result<void> Checkpoints::finish_stream(OpenState& open, const ObjectRef& object
     const bool try_no_replace = no_replace_moves_.load();
     if (try_no_replace) stored = store_.move(temp, key, MoveMode::NoReplace);
     if (stored) {
+        if (try_no_replace) no_replace_refusals_ = 0;
         stored = verify_stored(object, key);
     } else {
+        const Errc refused = stored.error().code;
         if (try_no_replace)
             log::debug("checkpoint", "MOVE without replacing did not place " + key + " (already stored?): " +
                                          stored.error().message);
         bool absent = false;
         stored = store_object(
             object, [&](const std::string& k) { return store_.move(temp, k, MoveMode::Replace); },
-            [&] { discard_stream_object(temp); }, &absent);
-        // It was not there, yet the MOVE that may not replace failed and the
-        // one that may succeeded: the server refuses "Overwrite: F". Stop
-        // paying for the refused request.
-        if (stored && absent && try_no_replace && no_replace_moves_.exchange(false))
+            [&] { discard_stream_object(temp, note); }, &absent);
+        // It was not there, yet the MOVE that may not replace was answered
+        // with an error status and the one that may replace worked: the
+        // server refuses "Overwrite: F". Twice in a row (not a passing
+        // failure), and later closes stop paying for the refused request.
+        if (stored && absent && try_no_replace && refused == Errc::HttpStatus && ++no_replace_refusals_ == 2 &&
+            no_replace_moves_.exchange(false))
             log::info("checkpoint", store_.describe() + " refused a MOVE with \"Overwrite: F\"; streamed uploads "
                                     "check with HEAD before they MOVE from now on");
     }
@@ -605,9 +633,9 @@ Result<void> Checkpoints::resume_orphans() {
         spool_->drop({o.data_path, o.journal_path});
     }
     // Temporary objects of streams the dead mounts never renamed. Only keys
-    // under uploads/ are ever deleted, whatever a damaged note says.
+    // a stream could have written are deleted, whatever a damaged note says.
     for (const Spool::OrphanStream& s : spool_->orphan_streams()) {
-        if (s.key.rfind(kUploadsPrefix, 0) != 0 || s.key.find('\n') != std::string::npos) {
+        if (!is_stream_key(s.key)) {
             log::error("checkpoint", "ignoring a damaged stream note " + s.note_path);
             spool_->drop_stream(s);
             continue;

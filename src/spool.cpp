@@ -207,7 +207,14 @@ Result<std::unique_ptr<Spool>> Spool::open(const std::string& dir, std::uint64_t
 Spool::~Spool() {
     release_orphans();
     std::error_code ec;
-    fs::remove_all(instance_, ec);
+    // Notes of temporaries that could not be deleted: the next mount that
+    // claims this directory (unlocked once we close the lock) deletes them.
+    if (fs::is_empty(instance_ + "/streams", ec) || ec) {
+        fs::remove_all(instance_, ec);
+    } else {
+        fs::remove_all(instance_ + "/open", ec);
+        log::info("spool", "keeping " + instance_ + ": temporary uploads to delete at the next mount");
+    }
     ::close(lock_fd_);
 }
 
@@ -324,7 +331,11 @@ void Spool::release_orphans() {
     claimed_.clear();
 }
 
-StreamNote::~StreamNote() { ::unlink(path_.c_str()); }
+StreamNote::~StreamNote() {
+    if (!path_.empty()) ::unlink(path_.c_str());
+}
+
+void StreamNote::keep() { path_.clear(); }
 
 Result<std::unique_ptr<StreamNote>> Spool::note_stream(const std::string& key) {
     std::string path = instance_ + "/streams/" + std::to_string(next_id_.fetch_add(1));
@@ -354,7 +365,7 @@ std::vector<Spool::OrphanStream> Spool::orphan_streams() {
                 while ((n = ::read(nfd, buf, sizeof buf)) > 0 && key.size() < 4096) key.append(buf, static_cast<std::size_t>(n));
                 ::close(nfd);
             }
-            if (key.empty()) {  // written when the mount died: nothing was sent under it yet
+            if (key.empty()) {  // the mount (or machine) died writing it: no stream had started
                 ::unlink(note.c_str());
                 continue;
             }

@@ -154,7 +154,7 @@ private:
     void follow_with_stream(OpenState& open, std::uint64_t offset, std::size_t size);
     static void stop_stream(OpenState& open);
     Result<void> finish_stream(OpenState& open, const ObjectRef& object);
-    void discard_stream_object(const std::string& key);
+    void discard_stream_object(const std::string& key, std::unique_ptr<StreamNote>& note);
     Result<void> publish(InodeNo ino, OpenState& open);
     Result<void> record_meta_locked(InodeNo ino);
     Result<void> change_xattrs(InodeNo ino, const std::function<Result<void>(XattrMap&)>& edit);
@@ -191,6 +191,7 @@ private:
     std::atomic<std::uint64_t> uploads_{0}, upload_bytes_{0}, deduplicated_{0}, records_{0}, failures_{0}, streamed_{0};
     std::atomic<std::uint64_t> stream_seq_{0};
     std::atomic<bool> no_replace_moves_{true};  // the store honours WebDAV "Overwrite: F"
+    std::atomic<int> no_replace_refusals_{0};    // in a row
 };
 
 }  // namespace shelbyfs

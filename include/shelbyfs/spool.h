@@ -10,8 +10,10 @@
 //                                   an upload in progress: a hard link to the
 //                                   data and the index record to write after it
 //   inst-<pid>-<random>/streams/<n> the store key of a temporary object a
-//                                   stream is writing (deleted by the next
-//                                   mount if this one dies first)
+//                                   stream wrote, until it is renamed or
+//                                   deleted (the next mount deletes it if this
+//                                   one dies first; a directory whose notes
+//                                   remain is left at exit for the same reason)
 // A directory whose lock nobody holds belongs to a mount that died.
 #pragma once
 
@@ -81,6 +83,9 @@ public:
     ~StreamNote();
     StreamNote(const StreamNote&) = delete;
     StreamNote& operator=(const StreamNote&) = delete;
+    /// The object could not be deleted: destruction leaves the note for the
+    /// next mount (the spool keeps this mount's directory at exit).
+    void keep();
 
 private:
     friend class Spool;

@@ -424,9 +424,14 @@ TEST_SUITE("checkpoint") {
         { std::ofstream(inst + "/lock"); }
         fs::create_directories(t.path + "/store/objects");
         { std::ofstream(t.path + "/store/objects/keep", std::ios::binary) << "stored"; }
-        { std::ofstream(inst + "/streams/1") << "objects/keep"; }  // damaged: never deleted
-        { std::ofstream(inst + "/streams/2") << "uploads/w-1"; }   // a store that cannot delete
-        { std::ofstream(inst + "/streams/3"); }                     // empty: the mount died writing it
+        // Damaged notes: never deleted, whatever they name.
+        int n = 0;
+        for (const char* key : {"objects/keep", "uploads/w-1", "uploads//x", "uploads/../objects/keep",
+                                "uploads/0123456789abcdef-1/../../objects/keep", "uploads/0123456789ABCDEF-1",
+                                "uploads/0123456789abcdef-"})
+            std::ofstream(inst + "/streams/" + std::to_string(++n)) << key;
+        { std::ofstream(inst + "/streams/20") << "uploads/0123456789abcdef-7"; }  // a store that cannot delete
+        { std::ofstream(inst + "/streams/21"); }  // empty: the mount died writing it
         Mount m(t.path + "/store", spool);
         CHECK(fs::exists(t.path + "/store/objects/keep"));
         CHECK(!fs::exists(inst));
@@ -465,6 +470,31 @@ TEST_SUITE("checkpoint") {
         (*next)->drop_stream(orphans[0]);
         (*next)->release_orphans();
         CHECK(!fs::exists(inst));
+
+        // A note kept (its object could not be deleted) keeps the spool's
+        // directory at exit, for the next spool to claim.
+        std::string kept_inst;
+        {
+            auto keeping = Spool::open(dir, 1 << 20, 4096);
+            REQUIRE(keeping);
+            auto kept = (*keeping)->note_stream("uploads/0123456789abcdef-9");
+            REQUIRE(kept);
+            (*kept)->keep();
+            kept->reset();
+            auto plain = (*keeping)->note_stream("uploads/0123456789abcdef-10");
+            REQUIRE(plain);
+            for (const auto& inst_dir : fs::directory_iterator(dir))
+                if (fs::exists(inst_dir.path() / "streams") && !fs::is_empty(inst_dir.path() / "streams"))
+                    kept_inst = inst_dir.path().string();
+        }
+        REQUIRE(!kept_inst.empty());
+        CHECK(fs::exists(kept_inst));
+        auto after = Spool::open(dir, 1 << 20, 4096);
+        REQUIRE(after);
+        CHECK((*after)->claim_orphans().empty());
+        orphans = (*after)->orphan_streams();
+        REQUIRE(orphans.size() == 1);
+        CHECK(orphans[0].key == "uploads/0123456789abcdef-9");
     }
 
     TEST_CASE("a live mount's spool is not taken over by another") {
