@@ -79,9 +79,10 @@ bool is_stream_key(std::string_view key) {
     if (key.substr(0, kUploadsPrefix.size()) != kUploadsPrefix) return false;
     key.remove_prefix(kUploadsPrefix.size());
     if (key.size() < 18 || key[16] != '-') return false;
+    auto digit = [](char ch) { return ch >= '0' && ch <= '9'; };
     for (std::size_t i = 0; i < key.size(); ++i) {
         const char ch = key[i];
-        const bool ok = i < 16 ? ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f')) : i == 16 || (ch >= '0' && ch <= '9');
+        const bool ok = i < 16 ? digit(ch) || (ch >= 'a' && ch <= 'f') : i == 16 || digit(ch);
         if (!ok) return false;
     }
     return true;

@@ -362,7 +362,8 @@ std::vector<Spool::OrphanStream> Spool::orphan_streams() {
             if (nfd >= 0) {
                 char buf[4096];
                 ssize_t n;
-                while ((n = ::read(nfd, buf, sizeof buf)) > 0 && key.size() < 4096) key.append(buf, static_cast<std::size_t>(n));
+                while (key.size() < 4096 && (n = ::read(nfd, buf, sizeof buf)) > 0)
+                    key.append(buf, static_cast<std::size_t>(n));
                 ::close(nfd);
             }
             if (key.empty()) {  // the mount (or machine) died writing it: no stream had started
