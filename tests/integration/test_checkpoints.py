@@ -65,7 +65,8 @@ def setUpModule():
     src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
     files = testlib.generate_tree(src, seed=4242, small_files=20, big_size=300 * KiB)
     testlib.pack(src, out, '--shard-size', '1MiB')
-    nginx = testlib.Nginx(out).__enter__()
+    # Stores under /refuses-overwrite-f/ answer 400 to "Overwrite: F".
+    nginx = testlib.Nginx(out, refuse_overwrite_f='/refuses-overwrite-f/').__enter__()
     unittest.addModuleCleanup(nginx.close)
     G.update(tmp=tmp, src=src, out=out, files=files, nginx=nginx,
              url=nginx.url('manifest.json'), manifest_path=os.path.join(out, 'manifest.json'))
@@ -753,7 +754,7 @@ class StreamedUploadTests(CheckpointCase):
             self.assertIn('deleted ' + key, m.log())
 
     def test_a_server_refusing_overwrite_f_is_asked_twice_then_no_more(self):
-        # The test nginx answers 400 to "Overwrite: F" under /refuses-overwrite-f/.
+        # The module's nginx answers 400 to "Overwrite: F" under /refuses-overwrite-f/.
         # Two refusals in a row (not a passing failure) switch to HEAD then MOVE.
         name = f'store-{next(_STORE_IDS)}'
         url = G['nginx'].url(f'refuses-overwrite-f/{name}/')

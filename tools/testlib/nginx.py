@@ -39,20 +39,13 @@ http {{
     # Buffer PUT bodies (checkpoints) 1 MiB at a time, not 16 KiB: with the
     # default, nginx took a chunked 1 GiB body at about 500 MiB/s on a 2-CPU
     # VM, with 1m at about 2,000 MiB/s (README, "Checkpoints").
-    client_body_buffer_size 1m;
-    # Under /refuses-overwrite-f/, a WebDAV server that rejects the
-    # "Overwrite: F" header (400), as some do: the fallback is tested there.
-    map "$http_overwrite:$uri" $refuse_overwrite_f {{
-        default 0;
-        "~^F:/refuses-overwrite-f/" 1;
-    }}
+    client_body_buffer_size 1m;{refuse_map}
     server {{
         listen 127.0.0.1:{port};
         server_name localhost;
         root {root};
         location = /__shelbyfs_ready {{ access_log off; return 204; }}
-        location / {{
-            if ($refuse_overwrite_f) {{ return 400; }}
+        location / {{{refuse_if}
             dav_methods PUT DELETE MKCOL COPY MOVE;
             create_full_put_path on;
             autoindex on;
@@ -92,8 +85,11 @@ class Nginx(Fixture):
     port (so URLs baked into a mount stay valid).
     """
 
-    def __init__(self, root, port=None, log_level='warn', start_timeout=10.0):
+    def __init__(self, root, port=None, log_level='warn', start_timeout=10.0, refuse_overwrite_f=None):
         self.root = os.path.abspath(root)
+        # Tests: under this URL path prefix, answer 400 to a MOVE/COPY with
+        # "Overwrite: F", as some WebDAV servers do.
+        self.refuse_overwrite_f = refuse_overwrite_f
         self.port = port
         self.log_level = log_level
         self.start_timeout = start_timeout
@@ -160,7 +156,13 @@ class Nginx(Fixture):
 
     def config(self):
         """The nginx.conf text for this server (prefix and port are set)."""
-        return _CONF.format(prefix=self.prefix, port=self.port, root=self.root, log_level=self.log_level)
+        refuse_map = refuse_if = ''
+        if self.refuse_overwrite_f:
+            refuse_map = ('\n    map "$http_overwrite:$uri" $refuse_overwrite_f {\n        default 0;\n'
+                          f'        "~^F:{self.refuse_overwrite_f}" 1;\n    }}')
+            refuse_if = '\n            if ($refuse_overwrite_f) { return 400; }'
+        return _CONF.format(prefix=self.prefix, port=self.port, root=self.root, log_level=self.log_level,
+                            refuse_map=refuse_map, refuse_if=refuse_if)
 
     def _try_start(self):
         conf = os.path.join(self.prefix, 'nginx.conf')
