@@ -106,13 +106,18 @@ class CheckpointCase(unittest.TestCase):
     def spool(self):
         return self.scratch('spool')
 
-    def http_store(self):
+    def http_store(self, under='stores'):
         """(URL of a fresh WebDAV collection on the module nginx, its directory on disk).
 
         The directory does not exist yet: the first upload creates it.
         """
         name = f'store-{next(_STORE_IDS)}'
-        return G['nginx'].url(f'stores/{name}/'), os.path.join(G['out'], 'stores', name)
+        return G['nginx'].url(f'{under}/{name}/'), os.path.join(G['out'], under, name)
+
+    @staticmethod
+    def stream_notes(spool):
+        """The spool's notes of streamed uploads (inst-*/streams/*), of every store and mount."""
+        return glob.glob(os.path.join(spool, '*', 'inst-*', 'streams', '*'))
 
     def mount(self, store, spool, manifest=None, options=(), **kwargs):
         kwargs.setdefault('mount_timeout', 30)
@@ -663,8 +668,7 @@ class StreamedUploadTests(CheckpointCase):
             with open(path, 'wb') as f:
                 for off in range(0, len(data), MiB):
                     f.write(data[off:off + MiB])
-            self.assertEqual(glob.glob(os.path.join(spool, '*', 'inst-*', 'streams', '*')), [],
-                             'the note of a finished stream is left')
+            self.assertEqual(self.stream_notes(spool), [], 'the note of a finished stream is left')
             self.assert_content(path, data)
             self.assert_hash_xattr(path, ckpt.xxh128(data))
             self.assertEqual(self.streamed(m), 1)
@@ -717,7 +721,7 @@ class StreamedUploadTests(CheckpointCase):
             try:
                 for off in range(0, len(data), MiB):
                     self.assertEqual(os.write(fd, data[off:off + MiB]), MiB)
-                notes = glob.glob(os.path.join(spool, '*', 'inst-*', 'streams', '*'))
+                notes = self.stream_notes(spool)
                 self.assertEqual(len(notes), 1, 'no note of the stream in the spool')
                 with open(notes[0]) as f:
                     key = f.read()
@@ -756,9 +760,7 @@ class StreamedUploadTests(CheckpointCase):
     def test_a_server_refusing_overwrite_f_is_asked_twice_then_no_more(self):
         # The module's nginx answers 400 to "Overwrite: F" under /refuses-overwrite-f/.
         # Two refusals in a row (not a passing failure) switch to HEAD then MOVE.
-        name = f'store-{next(_STORE_IDS)}'
-        url = G['nginx'].url(f'refuses-overwrite-f/{name}/')
-        root = os.path.join(G['out'], 'refuses-overwrite-f', name)
+        url, root = self.http_store(under='refuses-overwrite-f')
         files = {f'f{i}.bin': seeded(12 * MiB, 80 + i) for i in range(4)}
         with self.mount(url, self.spool()) as m:
             for fname, data in files.items():
