@@ -37,6 +37,15 @@ bool BlockCache::contains(const BlockKey& key) const {
     return index_.count(key) != 0;
 }
 
+BlockPtr BlockCache::get_if_cached(const BlockKey& key) {
+    std::lock_guard lock(mutex_);
+    auto it = index_.find(key);
+    if (it == index_.end()) return nullptr;
+    ++stats_.hits;
+    lru_.splice(lru_.begin(), lru_, it->second);
+    return it->second->second;
+}
+
 void BlockCache::insert(const BlockKey& key, BlockPtr block) {
     if (!block || block->size() > budget_) return;
     std::lock_guard lock(mutex_);

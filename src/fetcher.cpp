@@ -543,7 +543,12 @@ Result<ReadSlices> Fetcher::read_slices(std::uint32_t object, std::uint64_t offs
         else if (!failure) failure = r.error();
     }
     if (failure) return *failure;
+    return slice_blocks(o, blocks, offset, length);
+}
 
+ReadSlices Fetcher::slice_blocks(const ObjectSpec& o, std::vector<BlockPtr>& blocks, std::uint64_t offset,
+                                 std::size_t length) {
+    std::uint64_t first = offset / o.block_size;
     ReadSlices out;
     out.reserve(blocks.size());
     std::size_t taken = 0;
@@ -556,6 +561,27 @@ Result<ReadSlices> Fetcher::read_slices(std::uint32_t object, std::uint64_t offs
         taken += n;
     }
     return out;
+}
+
+std::optional<ReadSlices> Fetcher::cached_slices(std::uint32_t object, std::uint64_t offset, std::size_t size) {
+    const ObjectSpec* spec = find(object);
+    if (spec == nullptr || offset >= spec->size || size == 0 || spec->block_size == 0) return std::nullopt;
+    const ObjectSpec& o = *spec;
+    std::size_t length = static_cast<std::size_t>(std::min<std::uint64_t>(size, o.size - offset));
+    std::uint64_t first = offset / o.block_size;
+    std::uint64_t last = (offset + length - 1) / o.block_size;
+    for (std::uint64_t i = first; i <= last; ++i)  // count no hit unless all are there
+        if (!cache_.contains(BlockKey{object, i})) return std::nullopt;
+    std::vector<BlockPtr> blocks;
+    blocks.reserve(static_cast<std::size_t>(last - first + 1));
+    for (std::uint64_t i = first; i <= last; ++i) {
+        BlockPtr b = cache_.get_if_cached(BlockKey{object, i});
+        if (!b || b->size() != block_length(o, BlockKey{object, i})) return std::nullopt;
+        blocks.push_back(std::move(b));
+    }
+    // The caller hands the bytes on to a reader: for prefetch, a read.
+    if (options_.prefetch_blocks > 0) prefetch_after(object, o, first, last);
+    return slice_blocks(o, blocks, offset, length);
 }
 
 Fetcher::Stats Fetcher::stats() const {

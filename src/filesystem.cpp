@@ -138,6 +138,7 @@ Result<std::unique_ptr<Filesystem>> Filesystem::create(const Manifest& manifest,
                     n.object = s.shard;
                     n.offset = s.offset;
                     n.size = s.size;
+                    n.is_sample = true;
                     break;
                 }
             }
@@ -209,11 +210,34 @@ Result<std::vector<DirEntry>> Filesystem::readdir(InodeNo ino) {
     return out;
 }
 
-Result<FileHandle> Filesystem::open(InodeNo ino, int flags) {
+Result<FileHandle> Filesystem::open(InodeNo ino, int flags, const Push& push) {
     if (ckpt(ino)) return checkpoints_->open(ino, flags);
-    if (node(ino).is_dir) return make_error(Errc::IsDirectory, "open of a directory");
+    const Node& n = node(ino);
+    if (n.is_dir) return make_error(Errc::IsDirectory, "open of a directory");
     if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0)
         return make_error(Errc::ReadOnly, "read-only file");
+    if (!pushable(n)) return FileHandle{0};
+    OpenStripe& stripe = open_stripes_[ino % kOpenStripes];
+    std::lock_guard lock(stripe.mutex);
+    std::uint32_t& handles = stripe.open[ino];
+    if (handles == 0 && push) {
+        bool fresh = false;
+        {
+            std::lock_guard plock(pushed_mutex_);
+            if (pushed_.empty()) pushed_.resize(nodes_.size());
+            fresh = !pushed_[ino - 1];
+        }
+        std::optional<ReadSlices> slices;
+        if (fresh) slices = fetcher_.cached_slices(n.object, n.offset, static_cast<std::size_t>(n.size));
+        if (slices) {
+            {
+                std::lock_guard plock(pushed_mutex_);
+                pushed_[ino - 1] = true;
+            }
+            push(*slices);
+        }
+    }
+    ++handles;
     return FileHandle{0};
 }
 
@@ -256,7 +280,15 @@ Result<void> Filesystem::fsync(InodeNo ino, FileHandle fh) {
 }
 
 void Filesystem::release(InodeNo ino, FileHandle fh) {
-    if (ckpt(ino)) checkpoints_->release(fh);
+    if (ckpt(ino)) {
+        checkpoints_->release(fh);
+        return;
+    }
+    if (!immutable(ino) || !pushable(node(ino))) return;
+    OpenStripe& stripe = open_stripes_[ino % kOpenStripes];
+    std::lock_guard lock(stripe.mutex);
+    auto it = stripe.open.find(ino);
+    if (it != stripe.open.end() && --it->second == 0) stripe.open.erase(it);
 }
 
 Result<std::pair<Attr, FileHandle>> Filesystem::create(InodeNo parent, std::string_view name, mode_t mode,

@@ -63,7 +63,18 @@ const char* op_name(Op op) {
     return "?";
 }
 
-Filesystem& core(fuse_req_t req) { return *static_cast<Filesystem*>(fuse_req_userdata(req)); }
+// What every callback reaches through fuse_req_userdata().
+struct Session {
+    explicit Session(Filesystem& f) : fs(f) {}
+    Filesystem& fs;
+    fuse_session* se = nullptr;  // set before the first request
+    std::atomic<std::uint64_t> pushed{0};
+    std::atomic<std::uint64_t> pushed_bytes{0};
+    std::atomic<bool> push_failed{false};
+};
+
+Session& session(fuse_req_t req) { return *static_cast<Session*>(fuse_req_userdata(req)); }
+Filesystem& core(fuse_req_t req) { return session(req).fs; }
 
 // Run `body`; on success hand its value to `reply`, otherwise reply with the
 // mapped errno. Expected misses (ENOENT on lookup, EROFS) are not logged as errors.
@@ -180,8 +191,51 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
 // np.memmap, LMDB or SQLite map files they open read-write.
 bool writes_direct(int flags) { return (flags & O_ACCMODE) == O_WRONLY; }
 
+// Puts a sample's bytes in the kernel's page cache (FUSE_NOTIFY_STORE)
+// before open() returns: reading it then costs no READ round trip, nor the
+// GETATTR the kernel sends at the next stat() of a file it READ from (the
+// read may have changed its atime). Filesystem::open calls it only when no
+// READ of the file can be in flight (see there): the store waits for the
+// file's page locks, and a READ holds them until one of our threads answers.
+// A failure is harmless: the kernel READs the file as usual.
+void push_into_page_cache(fuse_req_t req, fuse_ino_t ino, const ReadSlices& slices) noexcept {
+    Session& s = session(req);
+    int rc = 0;
+    try {
+        std::size_t size = slices_size(slices);
+        std::string joined;
+        fuse_bufvec bufv{};  // FUSE_BUFVEC_INIT(size), which is C
+        bufv.count = 1;
+        bufv.buf[0].size = size;
+        bufv.buf[0].fd = -1;
+        if (slices.size() == 1) {
+            bufv.buf[0].mem = const_cast<char*>(slices[0].data);
+        } else {
+            joined.resize(size);
+            copy_slices(slices, joined.data());
+            bufv.buf[0].mem = joined.data();
+        }
+        rc = fuse_lowlevel_notify_store(s.se, ino, 0, &bufv, static_cast<fuse_buf_copy_flags>(0));
+        if (rc == 0) {
+            ++s.pushed;
+            s.pushed_bytes += size;
+            return;
+        }
+    } catch (...) {
+        rc = -ENOMEM;
+    }
+    if (!s.push_failed.exchange(true)) {
+        try {
+            log::debug("fuse", std::string("pushing a sample into the page cache failed: ") + std::strerror(-rc) +
+                                   " (further failures not logged)");
+        } catch (...) {
+        }
+    }
+}
+
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-    reply_with(req, Op::Open, [&] { return core(req).open(ino, fi->flags); },
+    auto push = [&](const ReadSlices& slices) { push_into_page_cache(req, ino, slices); };
+    reply_with(req, Op::Open, [&] { return core(req).open(ino, fi->flags, push); },
                [&](FileHandle fh) {
                    fi->fh = fh;
                    // Files of the manifest never change under a mount; checkpoint
@@ -257,7 +311,7 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     reply_with(req, Op::Opendir, [&] { return core(req).readdir(ino); },
                [&](std::vector<DirEntry>& entries) {
                    fi->fh = reinterpret_cast<std::uint64_t>(new std::vector<DirEntry>(std::move(entries)));
-                   bool immutable = core(req).checkpoints_ino() != ino && ino < kCheckpointInoBase;
+                   bool immutable = core(req).immutable(ino);
                    fi->cache_readdir = immutable ? 1 : 0;
                    fi->keep_cache = immutable ? 1 : 0;
                    if (fuse_reply_open(req, fi) != 0) delete reinterpret_cast<std::vector<DirEntry>*>(fi->fh);
@@ -530,11 +584,13 @@ int run_fuse(Filesystem& fs, const FuseOptions& options, std::string* error) {
     fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
 
     static const fuse_lowlevel_ops ops = make_ops();
-    fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &fs);
+    Session state(fs);
+    fuse_session* se = fuse_session_new(&args, &ops, sizeof ops, &state);
     if (se == nullptr) {
         *error = "cannot start the FUSE session (bad -o option? libfuse printed the reason above)";
         return 1;
     }
+    state.se = se;
     if (fuse_set_signal_handlers(se) != 0) {
         fuse_session_destroy(se);
         *error = "cannot install signal handlers";
@@ -564,6 +620,9 @@ int run_fuse(Filesystem& fs, const FuseOptions& options, std::string* error) {
 
     fs.set_invalidator(nullptr);
     notifier.reset();
+    if (state.pushed != 0)
+        log::info("fuse", "pushed " + std::to_string(state.pushed.load()) + " samples (" +
+                              std::to_string(state.pushed_bytes.load() >> 10) + " KiB) into the kernel's page cache");
     fuse_session_unmount(se);
     fuse_remove_signal_handlers(se);
     fuse_session_destroy(se);

@@ -55,6 +55,9 @@ public:
     BlockPtr get(const BlockKey& key);
     /// Whether the block is cached; neither counted nor marked used.
     bool contains(const BlockKey& key) const;
+    /// The block, marked most recently used and counted as a hit, or nullptr,
+    /// not counted as a miss: for a caller that fetches nothing when it misses.
+    BlockPtr get_if_cached(const BlockKey& key);
     /// Insert (or replace) and evict least-recently-used blocks over budget.
     void insert(const BlockKey& key, BlockPtr block);
 

@@ -9,6 +9,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <stop_token>
 #include <string>
@@ -107,6 +108,11 @@ public:
     Result<std::size_t> read(std::uint32_t object, std::uint64_t offset, char* buffer, std::size_t size);
     /// The same bytes as slices of the cached blocks, without copying them.
     Result<ReadSlices> read_slices(std::uint32_t object, std::uint64_t offset, std::size_t size);
+    /// The same, only if every block is in the memory cache already; else
+    /// nullopt, counted as no cache miss. Fetches nothing itself; for
+    /// prefetch it is a read (it consumes prefetched blocks and moves the
+    /// reader's stream on), as the caller hands the bytes on to a reader.
+    std::optional<ReadSlices> cached_slices(std::uint32_t object, std::uint64_t offset, std::size_t size);
 
     /// Register another object (a checkpoint published while mounted) and
     /// return its index. Specs are never removed; references stay valid.
@@ -203,6 +209,10 @@ private:
     /// The spec of `index`, or null if there is none.
     const ObjectSpec* find(std::uint32_t index) const;
     static std::uint64_t block_offset(const ObjectSpec& o, const BlockKey& key);
+    /// [offset, offset + length) of the object as slices of `blocks`, the
+    /// blocks from offset's onwards (moved into the slices).
+    static ReadSlices slice_blocks(const ObjectSpec& o, std::vector<BlockPtr>& blocks, std::uint64_t offset,
+                                   std::size_t length);
     static std::uint64_t block_length(const ObjectSpec& o, const BlockKey& key);
 
     BlobReader& reader_;

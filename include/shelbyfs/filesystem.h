@@ -13,10 +13,15 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
+#include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "shelbyfs/checkpoint.h"
@@ -46,6 +51,9 @@ public:
     /// Serve <mnt>/checkpoints from `checkpoints` (call before mounting).
     void attach_checkpoints(Checkpoints* checkpoints) { checkpoints_ = checkpoints; }
     InodeNo checkpoints_ino() const { return checkpoints_ino_; }
+    /// A node of the static tree other than checkpoints/ itself: it never
+    /// changes while mounted, so the kernel may keep all it learns of it.
+    bool immutable(InodeNo ino) const { return ino != 0 && ino <= nodes_.size() && ino != checkpoints_ino_; }
     /// Forward Checkpoints' kernel-cache invalidations (no-op without checkpoints).
     void set_invalidator(Checkpoints::Invalidator f) {
         if (checkpoints_ != nullptr) checkpoints_->set_invalidator(std::move(f));
@@ -57,8 +65,17 @@ public:
     Result<Attr> setattr(InodeNo ino, const SetAttrRequest& request, FileHandle fh);
     /// Entries of a directory, "." and ".." first.
     Result<std::vector<DirEntry>> readdir(InodeNo ino);
+    /// Hands a sample's bytes to the FUSE adapter, which stores them in the
+    /// kernel's page cache; must not throw.
+    using Push = std::function<void(const ReadSlices&)>;
     /// Open a file: EISDIR for directories, EROFS for write access outside checkpoints.
-    Result<FileHandle> open(InodeNo ino, int flags);
+    /// With `push`: a sample of at most kPushMax bytes that has no other open
+    /// handle, whose blocks are all in the memory cache and that was not
+    /// pushed before is handed to `push` first (fetching nothing). No other
+    /// open() of it returns meanwhile, so no READ of it is in flight: the
+    /// kernel's store, which waits for the file's page locks, cannot wait for
+    /// a READ that needs a FUSE thread (a READ holds them until answered).
+    Result<FileHandle> open(InodeNo ino, int flags, const Push& push = nullptr);
     Result<void> opendir(InodeNo ino);
     /// Read up to `size` bytes at `offset` (short at EOF, 0 past it).
     Result<std::size_t> read(InodeNo ino, FileHandle fh, std::uint64_t offset, std::size_t size, char* buffer);
@@ -67,6 +84,7 @@ public:
     }
     /// The same bytes as slices of cached blocks (no copy), for the FUSE reply.
     Result<ReadSlices> read_slices(InodeNo ino, FileHandle fh, std::uint64_t offset, std::size_t size);
+    static constexpr std::uint64_t kPushMax = 1 << 20;
     Result<std::size_t> write(InodeNo ino, FileHandle fh, std::uint64_t offset, const char* data, std::size_t size);
     Result<void> flush(InodeNo ino, FileHandle fh);
     Result<void> fsync(InodeNo ino, FileHandle fh);
@@ -104,6 +122,7 @@ private:
         std::uint32_t children = 0;  // dirs: how many
         std::uint32_t subdirs = 0;   // dirs: for st_nlink
         bool is_dir = false;
+        bool is_sample = false;  // a file under samples/ (not a shard)
     };
     Filesystem(Fetcher& fetcher, FsOptions options) : fetcher_(fetcher), options_(options) {}
     const Node& node(InodeNo ino) const;
@@ -118,6 +137,16 @@ private:
     std::uint64_t total_bytes_ = 0;
     InodeNo checkpoints_ino_ = 0;
     Checkpoints* checkpoints_ = nullptr;
+    bool pushable(const Node& n) const { return n.is_sample && n.size != 0 && n.size <= kPushMax; }
+    // Open handles of pushable samples, by inode, in stripes.
+    struct OpenStripe {
+        std::mutex mutex;  // held across a push; then pushed_mutex_
+        std::unordered_map<InodeNo, std::uint32_t> open;
+    };
+    static constexpr std::size_t kOpenStripes = 64;
+    std::array<OpenStripe, kOpenStripes> open_stripes_;
+    std::mutex pushed_mutex_;
+    std::vector<bool> pushed_;  // [ino - 1]: handed to a push
 };
 
 }  // namespace shelbyfs

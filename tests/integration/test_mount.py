@@ -11,6 +11,7 @@ import errno
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import stat
@@ -365,6 +366,44 @@ class WholeShardPrefetchTests(unittest.TestCase):
             self.read_sample(m.path())
             time.sleep(0.5)  # room for prefetches, if any were started
             self.assertEqual(self.shard_gets() - before, 1)
+
+
+class PageCachePushTests(unittest.TestCase):
+    """A sample whose blocks are cached goes into the kernel's page cache at
+    open(): reading it sends no READ, and stat() after it no GETATTR. Checked
+    in libfuse's request trace (-d)."""
+
+    def test_cached_samples_are_read_without_read_requests(self):
+        out = os.path.join(G['tmp'], 'out-4k')
+        testlib.pack(G['src'], out, '--shard-size', SHARD_SIZE, '--block-size', '4KiB')
+        manifest = testlib.read_manifest(out)
+        shard = max(range(len(manifest['shards'])),
+                    key=lambda i: sum(1 for x in manifest['samples'] if x['shard'] == i))
+        name = manifest['shards'][shard]['name']
+        chosen = [x for x in manifest['samples'] if x['shard'] == shard and 0 < x['size'] <= MiB]
+        self.assertGreater(len(chosen), 20)
+        self.assertTrue(any(x['offset'] // 4096 != (x['offset'] + x['size'] - 1) // 4096 for x in chosen),
+                        'no sample spans blocks')
+        with testlib.Mount(os.path.join(out, 'manifest.json'), extra_args=['-d']) as m:
+            # Reading the whole shard caches all of its blocks.
+            self.assertTrue(testlib.read_file(m.path(os.path.join('shards', name))) ==
+                            testlib.read_file(os.path.join(out, name)))
+            inos = {}
+            for x in chosen:
+                path = m.path(os.path.join('samples', x['path']))
+                with open(path, 'rb') as f:  # Python's open() also fstat()s
+                    got = f.read()
+                self.assertTrue(got == G['files'][x['path']], f'{x["path"]}: bytes differ')
+                self.assertEqual(os.stat(path).st_size, x['size'])
+                inos[os.stat(path).st_ino] = x['path']
+            m.stop()
+            trace = m.log()
+        requests = re.findall(r'^unique: \d+, opcode: (\w+) \(\d+\), nodeid: (\d+)', trace, re.M)
+        self.assertIn(('OPEN', str(next(iter(inos)))), requests)  # the trace is there
+        for op in ('READ', 'GETATTR'):
+            sent = sorted({inos[int(n)] for o, n in requests if o == op and int(n) in inos})
+            self.assertEqual(sent, [], f'{op} requests for pushed samples')
+        self.assertRegex(trace, rf'pushed {len(chosen)} samples \(\d+ KiB\) into the kernel\'s page cache')
 
 
 class ConcurrencyTests(unittest.TestCase):

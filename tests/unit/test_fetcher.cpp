@@ -185,6 +185,50 @@ TEST_SUITE("fetcher") {
         CHECK(past_end->empty());
     }
 
+    TEST_CASE("cached_slices serves only what the memory cache holds: no request, hits but no misses counted") {
+        Fixture fx;
+        BlockCache cache(1 << 20);
+        Fetcher f(fx.reader, cache, fx.objects(), no_prefetch());
+        CHECK_FALSE(f.cached_slices(0, 0, 10));
+        CHECK(fx.reader.requests() == 0);
+        CHECK(cache.stats().misses == 0);
+        REQUIRE(read_all(f, 0, 10) == fx.bytes.substr(0, 10));  // block 0 only
+        auto hits = cache.stats().hits;
+        auto misses = cache.stats().misses;
+        auto one = f.cached_slices(0, 100, 50);
+        REQUIRE(one);
+        std::string joined(slices_size(*one), '\0');
+        copy_slices(*one, joined.data());
+        CHECK(joined == fx.bytes.substr(100, 50));
+        CHECK(cache.stats().hits == hits + 1);
+        CHECK_FALSE(f.cached_slices(0, 4000, 6000));  // blocks 1 and 2 are missing
+        CHECK(cache.stats().hits == hits + 1);        // and block 0 is not counted for it
+        CHECK(cache.stats().misses == misses);
+        REQUIRE(read_all(f, 4096, 5904).size() == 5904);
+        auto across = f.cached_slices(0, 4000, 7000);  // blocks 0 to 2, clamped at the end
+        REQUIRE(across);
+        joined.assign(slices_size(*across), '\0');
+        copy_slices(*across, joined.data());
+        CHECK(joined == fx.bytes.substr(4000));
+        CHECK_FALSE(f.cached_slices(0, 10'000, 10));  // past the end
+        CHECK_FALSE(f.cached_slices(7, 0, 10));       // no such object
+        CHECK(fx.reader.requests() == 3);             // the reads' three blocks, nothing more
+    }
+
+    TEST_CASE("cached_slices is nullopt while one of the blocks is missing") {
+        Fixture fx;
+        BlockCache cache(1 << 20);
+        Fetcher f(fx.reader, cache, fx.objects(), no_prefetch());
+        REQUIRE(read_all(f, 0, 10).size() == 10);
+        CHECK(f.cached_slices(0, 0, 4096));
+        CHECK_FALSE(f.cached_slices(0, 4000, 200));  // block 1 never read
+        REQUIRE(read_all(f, 4096, 10).size() == 10);
+        auto both = f.cached_slices(0, 4000, 200);
+        REQUIRE(both);
+        CHECK(both->size() == 2);
+        CHECK(fx.reader.requests() == 2);
+    }
+
     TEST_CASE("refetches a corrupted block and returns verified bytes") {
         Fixture fx;
         BlockCache cache(1 << 20);
@@ -591,10 +635,25 @@ TEST_SUITE("fetcher") {
         read_block(f, fx, 0);  // queues blocks 1..16: the budget is full
         f.wait_prefetch_idle();
         CHECK(fx.reader.requests() == 17);
+        // For prefetch, bytes handed out by cached_slices (to the kernel's
+        // page cache) are read as well.
+        bool cached_only = false;
+        SUBCASE("read") {}
+        SUBCASE("handed out by cached_slices") { cached_only = true; }
         // Read the prefetched blocks, never two neighbours in a row (no
         // sequential stream): each read frees a block of budget, and the
         // whole-object prefetch queues the next block of the object.
-        for (std::uint64_t i : {16, 14, 12, 10, 8, 6, 4, 2, 15, 13, 11, 9, 7, 5, 3, 1}) read_block(f, fx, i);
+        for (std::uint64_t i : {16, 14, 12, 10, 8, 6, 4, 2, 15, 13, 11, 9, 7, 5, 3, 1}) {
+            if (!cached_only) {
+                read_block(f, fx, i);
+                continue;
+            }
+            auto s = f.cached_slices(0, i * kBlock, kBlock);
+            REQUIRE(s);
+            std::string joined(slices_size(*s), '\0');
+            copy_slices(*s, joined.data());
+            CHECK(joined == fx.block(i));
+        }
         f.wait_prefetch_idle();
         CHECK(fx.reader.requests() == 33);
         CHECK(fx.reader.requests_at(32 * kBlock) == 1);

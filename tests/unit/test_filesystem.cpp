@@ -112,6 +112,47 @@ TEST_SUITE("filesystem") {
         CHECK(buf == s0);
     }
 
+    TEST_CASE("open pushes a cached sample's bytes once, and only while no other handle is open") {
+        Fixture fx;
+        const std::string& s0 = fx.reader.objects["s0"];
+        InodeNo two = fx.walk({"samples", "b", "2.png"});  // bytes 1000..4000 of s0: blocks 0 to 3
+        InodeNo one = fx.walk({"samples", "a", "1.png"});  // bytes 0..10 of s0: block 0
+        std::vector<std::string> pushed;
+        Filesystem::Push push = [&](const ReadSlices& s) {
+            std::string joined(slices_size(s), '\0');
+            copy_slices(s, joined.data());
+            pushed.push_back(joined);
+        };
+        REQUIRE(fx.fs->open(two, O_RDONLY, push));  // nothing cached: no push, and nothing fetched
+        CHECK(pushed.empty());
+        CHECK(fx.reader.requests() == 0);
+        std::string all(3000, '\0');
+        REQUIRE(fx.fs->read(two, 0, 3000, all.data()));  // caches blocks 0 to 3
+        REQUIRE(fx.fs->open(two, O_RDONLY, push));        // the first handle is still open
+        CHECK(pushed.empty());
+        fx.fs->release(two, 0);
+        fx.fs->release(two, 0);
+        REQUIRE(fx.fs->open(two, O_RDONLY, push));
+        REQUIRE(pushed.size() == 1);
+        CHECK(pushed[0] == s0.substr(1000, 3000));  // joined from four blocks
+        fx.fs->release(two, 0);
+        REQUIRE(fx.fs->open(two, O_RDONLY, push));  // pushed before: not again
+        CHECK(pushed.size() == 1);
+        fx.fs->release(two, 0);
+        REQUIRE(fx.fs->open(one, O_RDONLY, push));  // block 0 is cached already
+        REQUIRE(pushed.size() == 2);
+        CHECK(pushed[1] == s0.substr(0, 10));
+        int requests = fx.reader.requests();
+        std::string buf(10, '\0');
+        InodeNo shard = fx.walk({"shards", "shard-000000.tar"});
+        REQUIRE(fx.fs->read(shard, 0, 10, buf.data()));
+        REQUIRE(fx.fs->open(shard, O_RDONLY, push));
+        REQUIRE(fx.fs->open(fx.walk({"samples", "empty"}), O_RDONLY, push));
+        CHECK_FALSE(fx.fs->open(fx.walk({"samples", "a"}), O_RDONLY, push));
+        CHECK(pushed.size() == 2);  // no shard, empty file or directory
+        CHECK(fx.reader.requests() == requests);
+    }
+
     TEST_CASE("inode numbers agree between readdir, lookup and the parent links") {
         Fixture fx;
         std::vector<InodeNo> dirs{kRootIno};
