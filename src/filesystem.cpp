@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <new>
 #include <unordered_map>
 
 namespace shelbyfs {
@@ -221,20 +222,23 @@ Result<FileHandle> Filesystem::open(InodeNo ino, int flags, const Push& push) {
     std::lock_guard lock(stripe.mutex);
     std::uint32_t& handles = stripe.open[ino];
     if (handles == 0 && push) {
-        bool fresh = false;
-        {
-            std::lock_guard plock(pushed_mutex_);
-            if (pushed_.empty()) pushed_.resize(nodes_.size());
-            fresh = !pushed_[ino - 1];
-        }
-        std::optional<ReadSlices> slices;
-        if (fresh) slices = fetcher_.cached_slices(n.object, n.offset, static_cast<std::size_t>(n.size));
-        if (slices) {
+        try {  // an optimisation: out of memory skips it, and the open goes on
+            bool fresh = false;
             {
                 std::lock_guard plock(pushed_mutex_);
-                pushed_[ino - 1] = true;
+                if (pushed_.empty()) pushed_.resize(nodes_.size());
+                fresh = !pushed_[ino - 1];
             }
-            push(*slices);
+            std::optional<ReadSlices> slices;
+            if (fresh) slices = fetcher_.cached_slices(n.object, n.offset, static_cast<std::size_t>(n.size));
+            if (slices) {
+                {
+                    std::lock_guard plock(pushed_mutex_);
+                    pushed_[ino - 1] = true;
+                }
+                push(*slices);
+            }
+        } catch (const std::bad_alloc&) {
         }
     }
     ++handles;

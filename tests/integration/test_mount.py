@@ -436,6 +436,26 @@ class ConcurrencyTests(unittest.TestCase):
                         raise AssertionError(f'{rel}: bytes differ')
             self.run_threads(8, work)
 
+    def test_eight_readers_of_the_same_samples_with_one_fuse_thread(self):
+        # Blocks arrive while the same samples are opened and read by several
+        # readers: a sample opened while another reader has it open is never
+        # pushed into the page cache (that store would wait for the other
+        # reader's READ, which needs the one FUSE thread).
+        out = os.path.join(G['tmp'], 'out-4k-shared')
+        testlib.pack(G['src'], out, '--shard-size', SHARD_SIZE, '--block-size', '4KiB')
+        paths = sorted(rel for rel in G['files'] if len(G['files'][rel]) <= MiB)
+        with testlib.Nginx(out) as srv, testlib.Mount(srv.url('manifest.json'), options=['threads=1']) as m:
+            def work(i):
+                order = list(paths)
+                random.Random(i).shuffle(order)
+                for rel in order:
+                    got = testlib.read_file(m.path(os.path.join('samples', rel)))
+                    if got != G['files'][rel]:
+                        raise AssertionError(f'{rel}: bytes differ')
+            self.run_threads(8, work)
+            m.stop()
+            self.assertRegex(m.log(), r"pushed \d+ samples")
+
     def test_eight_readers_of_one_big_file(self):
         want = G['files'][tdata.BIG_FILE]
         with testlib.Mount(G['url']) as m:
