@@ -637,6 +637,23 @@ class StoreFailureTests(CheckpointCase):
             self.assert_content(self.ck(m, 'earlier.bin'), earlier)
 
 
+# argv: source, target. Copies source into target in 1 MiB writes, prints
+# "written", waits for a line on stdin, then closes: exit 0 if close() did.
+WRITE_THEN_WAIT = '''
+import os, sys
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT, 0o644)
+with open(sys.argv[1], 'rb') as src:
+    while True:
+        chunk = src.read(1 << 20)
+        if not chunk:
+            break
+        os.write(fd, chunk)
+print('written', flush=True)
+sys.stdin.readline()
+os.close(fd)
+'''
+
+
 class StreamedUploadTests(CheckpointCase):
     """A file written in order is uploaded while it is written (chunked PUT to
     uploads/, then MOVE to objects/<hash> at close)."""
@@ -709,6 +726,49 @@ class StreamedUploadTests(CheckpointCase):
                          'the stored object was replaced')
         self.assertEqual(ckpt.xxh128_file(obj), ckpt.xxh128(data))
         self.assertEqual(os.listdir(os.path.join(root, 'uploads')), [], 'a temporary name is left')
+        self.assert_store_sound(root)
+
+    def test_a_live_mounts_stream_is_left_alone_by_a_second_mount(self):
+        url, root = self.http_store()
+        spool = self.spool()
+        data = seeded(12 * MiB, 76)
+        src = os.path.join(self.scratch('src'), 'live.bin')
+        with open(src, 'wb') as f:
+            f.write(data)
+        with self.mount(url, spool) as a:
+            # The writer is a child of its own: a descriptor this process
+            # held would be inherited, and closed (so saved), by the second
+            # mount's process when it starts.
+            writer = subprocess.Popen(
+                [sys.executable, '-c', WRITE_THEN_WAIT, src, self.ck(a, 'live.bin')],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                self.assertEqual(writer.stdout.readline().strip(), 'written')
+                notes = self.stream_notes(spool)
+                self.assertEqual(len(notes), 1, 'no note of the stream in the spool')
+                with open(notes[0]) as f:
+                    key = f.read()
+                self.assertTrue(key.startswith('uploads/'), key)
+                # As if the stream's PUT had landed and its MOVE were next.
+                placed = os.path.join(root, key)
+                os.makedirs(os.path.dirname(placed), exist_ok=True)
+                with open(placed, 'wb') as f:
+                    f.write(b'in flight')
+                # Same spool, same store: the second mount's clean-up of dead
+                # mounts must tell this live one apart (flock) and leave it.
+                with self.mount(url, spool) as b:
+                    self.assertTrue(os.path.exists(placed), "a second mount deleted a live stream's temporary")
+                    self.assertEqual(self.stream_notes(spool), notes)
+                    self.assertNotIn('live.bin', os.listdir(self.ck(b)))  # nothing saved yet
+                writer.stdin.write('close\n')
+                writer.stdin.flush()
+                self.assertEqual(writer.wait(timeout=120), 0, 'close() of the written file failed')
+            finally:
+                if writer.poll() is None:
+                    writer.kill()
+                    writer.wait()
+            self.assert_content(self.ck(a, 'live.bin'), data)
+        self.assertEqual(self.stream_notes(spool), [])
         self.assert_store_sound(root)
 
     def test_a_dead_mounts_temporary_upload_is_deleted_by_the_next_mount(self):
