@@ -582,6 +582,11 @@ int run_fuse(Filesystem& fs, const FuseOptions& options, std::string* error) {
     std::vector<char*> argv;
     for (auto& s : argv_strings) argv.push_back(s.data());
     fuse_args args = FUSE_ARGS_INIT(static_cast<int>(argv.size()), argv.data());
+    // fuse_session_new() may copy the arguments into memory of its own.
+    struct ArgsGuard {
+        fuse_args* args;
+        ~ArgsGuard() { fuse_opt_free_args(args); }
+    } args_guard{&args};
 
     static const fuse_lowlevel_ops ops = make_ops();
     Session state(fs);
