@@ -4,9 +4,12 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <future>
@@ -137,7 +140,46 @@ struct Checkpoints::OpenState {
     std::unique_ptr<StreamNote> stream_note;  // until the temporary object is gone
     std::uint64_t streamed = 0;
     bool no_stream = false;  // a write out of order, a truncate or a save: upload at close instead
+    // Who changed it (under mutex): (thread, its process) pairs, or anyone
+    // once a change came from an unknown thread. See flush().
+    std::vector<std::pair<CallerId, std::uint32_t>> changers;
+    bool anyone = false;
 };
+
+namespace {
+
+// The process (thread group) of thread `tid`, from /proc; 0 if unknown.
+std::uint32_t process_of(CallerId tid) {
+    if (tid == 0) return 0;
+    std::string path = "/proc/" + std::to_string(tid) + "/status";
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    char buf[1024];
+    ssize_t n = ::read(fd, buf, sizeof buf - 1);
+    ::close(fd);
+    if (n <= 0) return 0;
+    buf[n] = '\0';
+    const char* at = std::strstr(buf, "\nTgid:");
+    if (at == nullptr) return 0;
+    unsigned long v = std::strtoul(at + 6, nullptr, 10);
+    return v > 0 && v <= UINT32_MAX ? static_cast<std::uint32_t>(v) : 0;
+}
+
+}  // namespace
+
+// Record that `caller` changed `os` (os.mutex held, or `os` not shared yet).
+void Checkpoints::note_change(OpenState& os, CallerId caller) {
+    if (os.anyone) return;
+    for (const auto& c : os.changers)
+        if (c.first == caller) return;
+    std::uint32_t process = process_of(caller);
+    if (process == 0 || os.changers.size() >= 64) {
+        os.anyone = true;
+        os.changers.clear();
+        return;
+    }
+    os.changers.emplace_back(caller, process);
+}
 
 struct Checkpoints::Node {
     InodeNo ino = 0;
@@ -791,7 +833,8 @@ Result<void> Checkpoints::record_meta_locked(InodeNo ino) {
 
 // Make `ino` writable: attach (or join) its spool file, copying the published
 // content in unless it is being truncated.
-Result<std::shared_ptr<Checkpoints::OpenState>> Checkpoints::begin_write(InodeNo ino, bool truncate) {
+Result<std::shared_ptr<Checkpoints::OpenState>> Checkpoints::begin_write(InodeNo ino, bool truncate,
+                                                                        CallerId caller) {
     // Join the file's current writer, if any; otherwise copy the published
     // content into a fresh spool file (outside the lock) and attach it,
     // unless another opener attached one meanwhile.
@@ -824,6 +867,7 @@ Result<std::shared_ptr<Checkpoints::OpenState>> Checkpoints::begin_write(InodeNo
         if (t) {
             joined->size = 0;
             joined->dirty = true;
+            note_change(*joined, caller);
         } else {
             end_write(ino, joined);
             return std::move(t).error();
@@ -959,7 +1003,7 @@ Result<void> Checkpoints::opendir(InodeNo ino) {
     return {};
 }
 
-Result<FileHandle> Checkpoints::open(InodeNo ino, int flags) {
+Result<FileHandle> Checkpoints::open(InodeNo ino, int flags, CallerId caller) {
     bool write = (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0;
     {
         std::lock_guard lock(tree_mutex_);
@@ -970,7 +1014,7 @@ Result<FileHandle> Checkpoints::open(InodeNo ino, int flags) {
     auto h = std::make_unique<Handle>();
     h->ino = ino;
     if (write) {
-        auto os = begin_write(ino, (flags & O_TRUNC) != 0);
+        auto os = begin_write(ino, (flags & O_TRUNC) != 0, caller);
         if (!os) return std::move(os).error();
         h->writable = true;
         h->open = std::move(*os);
@@ -982,7 +1026,7 @@ Result<FileHandle> Checkpoints::open(InodeNo ino, int flags) {
 }
 
 Result<std::pair<Attr, FileHandle>> Checkpoints::create(InodeNo parent, std::string_view name, mode_t mode,
-                                                        int flags) {
+                                                        int flags, CallerId caller) {
     auto ok = check_name(name);
     if (!ok) return std::move(ok).error();
     auto file = spool_->create_file();  // disk I/O: before taking the locks
@@ -1003,6 +1047,7 @@ Result<std::pair<Attr, FileHandle>> Checkpoints::create(InodeNo parent, std::str
             auto os = std::make_shared<OpenState>();
             os->file = std::move(*file);
             os->dirty = true;  // a new file is saved on close even if empty
+            note_change(*os, caller);
             os->writers = 1;
             n.open = os;
             auto h = std::make_unique<Handle>();
@@ -1014,7 +1059,7 @@ Result<std::pair<Attr, FileHandle>> Checkpoints::create(InodeNo parent, std::str
             return std::make_pair(attr_of(n), fh);
         }
     }
-    auto fh = open(ino, flags);
+    auto fh = open(ino, flags, caller);
     if (!fh) return std::move(fh).error();
     std::lock_guard lock(tree_mutex_);
     return std::make_pair(attr_of(node(ino)), *fh);
@@ -1050,7 +1095,8 @@ Result<ReadSlices> Checkpoints::read_slices(FileHandle fh, std::uint64_t offset,
     return fetcher_.read_slices(object, offset, size);
 }
 
-Result<std::size_t> Checkpoints::write(FileHandle fh, std::uint64_t offset, const char* data, std::size_t size) {
+Result<std::size_t> Checkpoints::write(FileHandle fh, std::uint64_t offset, const char* data, std::size_t size,
+                                       CallerId caller) {
     Handle h = handle(fh);
     if (!h.writable) return make_error(Errc::Permission, "write to a file opened read-only");
     {
@@ -1065,6 +1111,7 @@ Result<std::size_t> Checkpoints::write(FileHandle fh, std::uint64_t offset, cons
         }
         h.open->size = h.open->file->size();
         h.open->dirty = true;
+        note_change(*h.open, caller);
         follow_with_stream(*h.open, offset, size);
     }
     std::lock_guard lock(tree_mutex_);
@@ -1072,10 +1119,21 @@ Result<std::size_t> Checkpoints::write(FileHandle fh, std::uint64_t offset, cons
     return size;
 }
 
-Result<void> Checkpoints::flush(FileHandle fh) {
+Result<void> Checkpoints::flush(FileHandle fh, CallerId caller) {
     Handle h = handle(fh);
     if (!h.writable) return {};
     std::lock_guard fl(h.open->mutex);
+    OpenState& os = *h.open;
+    if (caller != 0 && os.dirty && !os.failed && !os.anyone) {
+        std::uint32_t process = process_of(caller);
+        bool changed = process == 0;  // unknown: save, as before
+        for (const auto& c : os.changers) changed = changed || c.second == process;
+        if (!changed) {
+            log::debug("checkpoint", "close by process " + std::to_string(process) +
+                                         ", which did not change the file: saved at its writers' close");
+            return {};
+        }
+    }
     auto r = publish(h.ino, *h.open);
     if (!r && !h.open->failed) abandon(h.ino, *h.open);
     return r;
@@ -1108,7 +1166,7 @@ void Checkpoints::release(FileHandle fh) {
     if (h->writable) end_write(h->ino, h->open);
 }
 
-Result<Attr> Checkpoints::setattr(InodeNo ino, const SetAttrRequest& req, FileHandle fh) {
+Result<Attr> Checkpoints::setattr(InodeNo ino, const SetAttrRequest& req, FileHandle fh, CallerId caller) {
     bool is_dir = false;
     {
         std::lock_guard lock(tree_mutex_);
@@ -1136,7 +1194,7 @@ Result<Attr> Checkpoints::setattr(InodeNo ino, const SetAttrRequest& req, FileHa
                 if (os) ++os->writers;  // keep it attached until we are done
             }
             if (!os) {
-                auto begun = begin_write(ino, *req.size == 0);
+                auto begun = begin_write(ino, *req.size == 0, caller);
                 if (!begun) return std::move(begun).error();
                 os = *begun;
             }
@@ -1152,6 +1210,7 @@ Result<Attr> Checkpoints::setattr(InodeNo ino, const SetAttrRequest& req, FileHa
             if (r) {
                 os->size = *req.size;
                 os->dirty = true;
+                note_change(*os, caller);
                 {
                     std::lock_guard lock(tree_mutex_);
                     node(ino).mtime_ns = req.mtime_ns.value_or(now_ns());

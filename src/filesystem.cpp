@@ -190,8 +190,8 @@ Result<Attr> Filesystem::getattr(InodeNo ino) {
     return attr_of(ino);
 }
 
-Result<Attr> Filesystem::setattr(InodeNo ino, const SetAttrRequest& request, FileHandle fh) {
-    if (ckpt(ino)) return checkpoints_->setattr(ino, request, fh);
+Result<Attr> Filesystem::setattr(InodeNo ino, const SetAttrRequest& request, FileHandle fh, CallerId caller) {
+    if (ckpt(ino)) return checkpoints_->setattr(ino, request, fh, caller);
     (void)node(ino);
     return make_error(Errc::ReadOnly, "read-only file system");
 }
@@ -211,8 +211,8 @@ Result<std::vector<DirEntry>> Filesystem::readdir(InodeNo ino) {
     return out;
 }
 
-Result<FileHandle> Filesystem::open(InodeNo ino, int flags, const Push& push) {
-    if (ckpt(ino)) return checkpoints_->open(ino, flags);
+Result<FileHandle> Filesystem::open(InodeNo ino, int flags, const Push& push, CallerId caller) {
+    if (ckpt(ino)) return checkpoints_->open(ino, flags, caller);
     const Node& n = node(ino);
     if (n.is_dir) return make_error(Errc::IsDirectory, "open of a directory");
     if ((flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) != 0)
@@ -268,13 +268,13 @@ Result<ReadSlices> Filesystem::read_slices(InodeNo ino, FileHandle fh, std::uint
 }
 
 Result<std::size_t> Filesystem::write(InodeNo ino, FileHandle fh, std::uint64_t offset, const char* data,
-                                      std::size_t size) {
-    if (ckpt(ino)) return checkpoints_->write(fh, offset, data, size);
+                                      std::size_t size, CallerId caller) {
+    if (ckpt(ino)) return checkpoints_->write(fh, offset, data, size, caller);
     return make_error(Errc::ReadOnly, "read-only file");
 }
 
-Result<void> Filesystem::flush(InodeNo ino, FileHandle fh) {
-    if (ckpt(ino)) return checkpoints_->flush(fh);
+Result<void> Filesystem::flush(InodeNo ino, FileHandle fh, CallerId caller) {
+    if (ckpt(ino)) return checkpoints_->flush(fh, caller);
     return {};
 }
 
@@ -296,8 +296,8 @@ void Filesystem::release(InodeNo ino, FileHandle fh) {
 }
 
 Result<std::pair<Attr, FileHandle>> Filesystem::create(InodeNo parent, std::string_view name, mode_t mode,
-                                                       int flags) {
-    if (ckpt(parent)) return checkpoints_->create(parent, name, mode, flags);
+                                                       int flags, CallerId caller) {
+    if (ckpt(parent)) return checkpoints_->create(parent, name, mode, flags, caller);
     return make_error(Errc::ReadOnly, "read-only file system");
 }
 

@@ -74,6 +74,10 @@ struct Session {
 };
 
 Session& session(fuse_req_t req) { return *static_cast<Session*>(fuse_req_userdata(req)); }
+CallerId caller(fuse_req_t req) {
+    const fuse_ctx* ctx = fuse_req_ctx(req);
+    return ctx != nullptr && ctx->pid > 0 ? static_cast<CallerId>(ctx->pid) : 0;
+}
 Filesystem& core(fuse_req_t req) { return session(req).fs; }
 
 // Run `body`; on success hand its value to `reply`, otherwise reply with the
@@ -180,7 +184,7 @@ void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat* attr, int to_set, f
     else if (to_set & FUSE_SET_ATTR_ATIME) r.atime_ns = ns_of(attr->st_atim);
     r.owner_change = (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) != 0;
     FileHandle fh = fi != nullptr ? fi->fh : 0;
-    reply_with(req, Op::Setattr, [&] { return core(req).setattr(ino, r, fh); },
+    reply_with(req, Op::Setattr, [&] { return core(req).setattr(ino, r, fh, caller(req)); },
                [&](const Attr& a) { fuse_reply_attr(req, &a.st, a.ttl); });
 }
 
@@ -235,7 +239,7 @@ void push_into_page_cache(fuse_req_t req, fuse_ino_t ino, const ReadSlices& slic
 
 void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     auto push = [&](const ReadSlices& slices) { push_into_page_cache(req, ino, slices); };
-    reply_with(req, Op::Open, [&] { return core(req).open(ino, fi->flags, push); },
+    reply_with(req, Op::Open, [&] { return core(req).open(ino, fi->flags, push, caller(req)); },
                [&](FileHandle fh) {
                    fi->fh = fh;
                    // Files of the manifest never change under a mount; checkpoint
@@ -250,7 +254,7 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 }
 
 void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t mode, fuse_file_info* fi) {
-    reply_with(req, Op::Create, [&] { return core(req).create(parent, name, mode, fi->flags); },
+    reply_with(req, Op::Create, [&] { return core(req).create(parent, name, mode, fi->flags, caller(req)); },
                [&](const std::pair<Attr, FileHandle>& created) {
                    fuse_entry_param e = to_entry(created.first);
                    fi->fh = created.second;
@@ -282,15 +286,19 @@ void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t offset, fuse_fil
 }
 
 void op_write(fuse_req_t req, fuse_ino_t ino, const char* buf, size_t size, off_t offset, fuse_file_info* fi) {
+    // A write-back of a shared mapping's pages comes from whichever task
+    // flushes them (often a kernel thread), not from the one that wrote.
+    CallerId who = fi->writepage ? 0 : caller(req);
     reply_with(req, Op::Write,
-               [&] { return core(req).write(ino, fi->fh, static_cast<std::uint64_t>(offset), buf, size); },
+               [&] { return core(req).write(ino, fi->fh, static_cast<std::uint64_t>(offset), buf, size, who); },
                [&](std::size_t n) { fuse_reply_write(req, n); });
 }
 
 // close(): for a checkpoint, the upload happens here and its result is what
 // close() returns.
 void op_flush(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
-    reply_with(req, Op::Flush, [&] { return core(req).flush(ino, fi->fh); }, [&] { fuse_reply_err(req, 0); });
+    reply_with(req, Op::Flush, [&] { return core(req).flush(ino, fi->fh, caller(req)); },
+               [&] { fuse_reply_err(req, 0); });
 }
 
 void op_fsync(fuse_req_t req, fuse_ino_t ino, int, fuse_file_info* fi) {

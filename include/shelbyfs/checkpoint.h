@@ -64,21 +64,31 @@ public:
 
     bool owns(InodeNo ino) const { return ino == root_ino_ || ino >= kCheckpointInoBase; }
 
+    // `caller`: the thread that made the request, as the kernel numbers it
+    // (its TID in the mount's PID namespace); 0 = unknown.
+
     Result<Attr> lookup(InodeNo parent, std::string_view name);
     Result<Attr> getattr(InodeNo ino);
-    Result<Attr> setattr(InodeNo ino, const SetAttrRequest& request, FileHandle fh);
+    Result<Attr> setattr(InodeNo ino, const SetAttrRequest& request, FileHandle fh, CallerId caller = 0);
     Result<std::vector<DirEntry>> readdir(InodeNo ino);
     Result<void> opendir(InodeNo ino);
 
-    Result<FileHandle> open(InodeNo ino, int flags);
-    Result<std::pair<Attr, FileHandle>> create(InodeNo parent, std::string_view name, mode_t mode, int flags);
+    Result<FileHandle> open(InodeNo ino, int flags, CallerId caller = 0);
+    Result<std::pair<Attr, FileHandle>> create(InodeNo parent, std::string_view name, mode_t mode, int flags,
+                                               CallerId caller = 0);
     Result<std::size_t> read(FileHandle fh, std::uint64_t offset, std::size_t size, char* buffer);
     /// As read(): published versions as slices of cached blocks, a file being
     /// written as one buffer read from the spool.
     Result<ReadSlices> read_slices(FileHandle fh, std::uint64_t offset, std::size_t size);
-    Result<std::size_t> write(FileHandle fh, std::uint64_t offset, const char* data, std::size_t size);
+    Result<std::size_t> write(FileHandle fh, std::uint64_t offset, const char* data, std::size_t size,
+                              CallerId caller = 0);
     /// close(): publish the file if it changed. Errors mean it is not durable.
-    Result<void> flush(FileHandle fh);
+    /// A close by a process that changed nothing in the file (a child that
+    /// inherited the descriptor and closed it, as every subprocess started
+    /// while the file is open does) publishes nothing: the processes that
+    /// changed it publish at their own close. Changes of unknown origin
+    /// (writes from the kernel's writeback of a shared mapping) turn this off.
+    Result<void> flush(FileHandle fh, CallerId caller = 0);
     Result<void> fsync(FileHandle fh);
     void release(FileHandle fh);
 
@@ -159,7 +169,8 @@ private:
     Result<void> record_meta_locked(InodeNo ino);
     Result<void> change_xattrs(InodeNo ino, const std::function<Result<void>(XattrMap&)>& edit);
     Result<std::shared_ptr<OpenState>> materialize(InodeNo ino, bool truncate);
-    Result<std::shared_ptr<OpenState>> begin_write(InodeNo ino, bool truncate);
+    Result<std::shared_ptr<OpenState>> begin_write(InodeNo ino, bool truncate, CallerId caller);
+    void note_change(OpenState& os, CallerId caller);
     void end_write(InodeNo ino, const std::shared_ptr<OpenState>& os);
     void abandon(InodeNo ino, OpenState& os);
     void drop_name(Node& n);

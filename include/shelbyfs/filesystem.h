@@ -62,7 +62,7 @@ public:
     Result<Attr> lookup(InodeNo parent, std::string_view name);
     Result<Attr> getattr(InodeNo ino);
     /// chmod, utime, truncate: checkpoints only (EROFS elsewhere).
-    Result<Attr> setattr(InodeNo ino, const SetAttrRequest& request, FileHandle fh);
+    Result<Attr> setattr(InodeNo ino, const SetAttrRequest& request, FileHandle fh, CallerId caller = 0);
     /// Entries of a directory, "." and ".." first.
     Result<std::vector<DirEntry>> readdir(InodeNo ino);
     /// Hands a sample's bytes to the FUSE adapter, which stores them in the
@@ -75,7 +75,8 @@ public:
     /// open() of it returns meanwhile, so no READ of it is in flight: the
     /// kernel's store, which waits for the file's page locks, cannot wait for
     /// a READ that needs a FUSE thread (a READ holds them until answered).
-    Result<FileHandle> open(InodeNo ino, int flags, const Push& push = nullptr);
+    /// `caller`: see Checkpoints.
+    Result<FileHandle> open(InodeNo ino, int flags, const Push& push = nullptr, CallerId caller = 0);
     Result<void> opendir(InodeNo ino);
     /// Read up to `size` bytes at `offset` (short at EOF, 0 past it).
     Result<std::size_t> read(InodeNo ino, FileHandle fh, std::uint64_t offset, std::size_t size, char* buffer);
@@ -85,12 +86,14 @@ public:
     /// The same bytes as slices of cached blocks (no copy), for the FUSE reply.
     Result<ReadSlices> read_slices(InodeNo ino, FileHandle fh, std::uint64_t offset, std::size_t size);
     static constexpr std::uint64_t kPushMax = 1 << 20;
-    Result<std::size_t> write(InodeNo ino, FileHandle fh, std::uint64_t offset, const char* data, std::size_t size);
-    Result<void> flush(InodeNo ino, FileHandle fh);
+    Result<std::size_t> write(InodeNo ino, FileHandle fh, std::uint64_t offset, const char* data, std::size_t size,
+                              CallerId caller = 0);
+    Result<void> flush(InodeNo ino, FileHandle fh, CallerId caller = 0);
     Result<void> fsync(InodeNo ino, FileHandle fh);
     void release(InodeNo ino, FileHandle fh);
 
-    Result<std::pair<Attr, FileHandle>> create(InodeNo parent, std::string_view name, mode_t mode, int flags);
+    Result<std::pair<Attr, FileHandle>> create(InodeNo parent, std::string_view name, mode_t mode, int flags,
+                                               CallerId caller = 0);
     Result<Attr> mkdir(InodeNo parent, std::string_view name, mode_t mode);
     Result<void> unlink(InodeNo parent, std::string_view name);
     Result<void> rmdir(InodeNo parent, std::string_view name);

@@ -17,6 +17,10 @@ inline constexpr InodeNo kRootIno = 1;  // FUSE_ROOT_ID
 /// checkpoint layer handed out.
 using FileHandle = std::uint64_t;
 
+/// The thread behind a request, as the kernel reports it (a TID in the
+/// mount's PID namespace); 0 = unknown.
+using CallerId = std::uint32_t;
+
 struct Attr {
     struct stat st {};
     double ttl = 0;

@@ -736,37 +736,35 @@ class StreamedUploadTests(CheckpointCase):
         with open(src, 'wb') as f:
             f.write(data)
         with self.mount(url, spool) as a:
-            # The writer is a child of its own: a descriptor this process
-            # held would be inherited, and closed (so saved), by the second
-            # mount's process when it starts.
-            writer = subprocess.Popen(
-                [sys.executable, '-c', WRITE_THEN_WAIT, src, self.ck(a, 'live.bin')],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            try:
-                self.assertEqual(writer.stdout.readline().strip(), 'written')
-                notes = self.stream_notes(spool)
-                self.assertEqual(len(notes), 1, 'no note of the stream in the spool')
-                with open(notes[0]) as f:
-                    key = f.read()
-                self.assertTrue(key.startswith('uploads/'), key)
-                # As if the stream's PUT had landed and its MOVE were next.
-                placed = os.path.join(root, key)
-                os.makedirs(os.path.dirname(placed), exist_ok=True)
-                with open(placed, 'wb') as f:
-                    f.write(b'in flight')
-                # Same spool, same store: the second mount's clean-up of dead
-                # mounts must tell this live one apart (flock) and leave it.
-                with self.mount(url, spool) as b:
-                    self.assertTrue(os.path.exists(placed), "a second mount deleted a live stream's temporary")
-                    self.assertEqual(self.stream_notes(spool), notes)
-                    self.assertNotIn('live.bin', os.listdir(self.ck(b)))  # nothing saved yet
-                writer.stdin.write('close\n')
-                writer.stdin.flush()
-                self.assertEqual(writer.wait(timeout=120), 0, 'close() of the written file failed')
-            finally:
-                if writer.poll() is None:
-                    writer.kill()
-                    writer.wait()
+            # The writer is a process of its own, so the stream stays open
+            # however this process spawns the second mount.
+            with subprocess.Popen(
+                    [sys.executable, '-c', WRITE_THEN_WAIT, src, self.ck(a, 'live.bin')],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as writer:
+                try:
+                    self.assertEqual(writer.stdout.readline().strip(), 'written')
+                    notes = self.stream_notes(spool)
+                    self.assertEqual(len(notes), 1, 'no note of the stream in the spool')
+                    with open(notes[0]) as f:
+                        key = f.read()
+                    self.assertTrue(key.startswith('uploads/'), key)
+                    # As if the stream's PUT had landed and its MOVE were next.
+                    placed = os.path.join(root, key)
+                    os.makedirs(os.path.dirname(placed), exist_ok=True)
+                    with open(placed, 'wb') as f:
+                        f.write(b'in flight')
+                    # Same spool, same store: the second mount's clean-up of dead
+                    # mounts must tell this live one apart (flock) and leave it.
+                    with self.mount(url, spool) as b:
+                        self.assertTrue(os.path.exists(placed), "a second mount deleted a live stream's temporary")
+                        self.assertEqual(self.stream_notes(spool), notes)
+                        self.assertNotIn('live.bin', os.listdir(self.ck(b)))  # nothing saved yet
+                    writer.stdin.write('close\n')
+                    writer.stdin.flush()
+                    self.assertEqual(writer.wait(timeout=120), 0, 'close() of the written file failed')
+                finally:
+                    if writer.poll() is None:
+                        writer.kill()
             self.assert_content(self.ck(a, 'live.bin'), data)
         self.assertEqual(self.stream_notes(spool), [])
         self.assert_store_sound(root)
@@ -893,6 +891,60 @@ class StreamedUploadTests(CheckpointCase):
             self.assertIn('nothing was written to the file for 2 s', m.log())
         self.assertEqual(ckpt.xxh128_file(os.path.join(root, 'objects', ckpt.xxh128(data))),
                          ckpt.xxh128(data))
+        self.assert_store_sound(root)
+
+
+class InheritedDescriptorTests(CheckpointCase):
+    """A close saves only when the closing process changed the file: a
+    subprocess inherits the descriptor and closes it, and that must not
+    publish a half-written checkpoint."""
+
+    @staticmethod
+    def records(root):
+        return sorted(glob.glob(os.path.join(root, 'index', '*')))
+
+    def test_a_subprocess_closing_an_inherited_descriptor_saves_nothing(self):
+        url, root = self.http_store()
+        data = seeded(3 * MiB, 77)
+        with self.mount(url, self.spool()) as m:
+            path = self.ck(m, 'inherited.bin')
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                self.assertEqual(os.write(fd, data[:MiB]), MiB)
+                # One child gets the descriptor, one closes its copy before
+                # exec (close_fds): both close it without writing.
+                subprocess.run([sys.executable, '-c', 'pass'], pass_fds=(fd,), check=True, timeout=60)
+                subprocess.run(['true'], check=True, timeout=60)
+                self.assertEqual(self.records(root), [], 'a close by a child published the file')
+                self.assertEqual(os.write(fd, data[MiB:]), len(data) - MiB)
+            finally:
+                os.close(fd)
+            self.assertEqual(len(self.records(root)), 1)
+            self.assert_content(path, data)
+        with self.mount(url, self.spool()) as m:
+            self.assert_content(self.ck(m, 'inherited.bin'), data)
+        self.assert_store_sound(root)
+
+    def test_a_child_that_writes_saves_at_its_close(self):
+        url, root = self.http_store()
+        data = seeded(2 * MiB, 78)
+        src = os.path.join(self.scratch('src'), 'child.bin')
+        with open(src, 'wb') as f:
+            f.write(data)
+        with self.mount(url, self.spool()) as m:
+            path = self.ck(m, 'child.bin')
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                # The child writes through the descriptor it inherited, then
+                # exits: its close saves, while this process keeps its own.
+                code = 'import os, sys; os.write(int(sys.argv[1]), open(sys.argv[2], "rb").read())'
+                subprocess.run([sys.executable, '-c', code, str(fd), src], pass_fds=(fd,), check=True, timeout=60)
+                self.assertEqual(len(self.records(root)), 1, "the writing child's close saved nothing")
+                with self.mount(url, self.spool()) as other:
+                    self.assert_content(self.ck(other, 'child.bin'), data)
+            finally:
+                os.close(fd)
+            self.assertEqual(len(self.records(root)), 1)  # nothing changed since
         self.assert_store_sound(root)
 
 

@@ -196,6 +196,35 @@ TEST_SUITE("checkpoint") {
         CHECK(fresh.ck->stats().uploads == 0);
     }
 
+    TEST_CASE("a close by a process that changed nothing publishes nothing; an unknown writer turns that off") {
+        TempDir t;
+        Mount m(t.path + "/store", t.path + "/spool");
+        const CallerId me = static_cast<CallerId>(::gettid());
+        const CallerId other = 1;  // init: alive, and another process
+        std::string data = pattern_bytes(5000, 9);
+        auto c = m.ck->create(kRoot, "w.bin", 0644, O_WRONLY | O_CREAT, me);
+        REQUIRE(c);
+        REQUIRE(m.ck->write(c->second, 0, data.data(), 2000, me));
+        CHECK(m.ck->flush(c->second, other));  // a child's close: succeeds, saves nothing
+        CHECK(m.ck->stats().uploads == 0);
+        CHECK_FALSE(fs::exists(t.path + "/store/index"));
+        REQUIRE(m.ck->write(c->second, 2000, data.data() + 2000, 3000, me));
+        REQUIRE(m.ck->flush(c->second, me));  // the writer's close saves all of it
+        m.ck->release(c->second);
+        CHECK(m.ck->stats().uploads == 1);
+        CHECK(m.read("w.bin") == data);
+
+        // A change from an unknown thread (the kernel writing back a shared
+        // mapping): every close saves, as before.
+        auto h = m.ck->open(*m.ino("w.bin"), O_WRONLY | O_TRUNC, me);
+        REQUIRE(h);
+        REQUIRE(m.ck->write(*h, 0, "abc", 3, 0));
+        REQUIRE(m.ck->flush(*h, other));
+        m.ck->release(*h);
+        CHECK(m.ck->stats().uploads == 2);
+        CHECK(m.read("w.bin") == "abc");
+    }
+
     TEST_CASE("identical content is stored once; overwrites keep every version; the store never changes") {
         TempDir t;
         Mount m(t.path + "/store", t.path + "/spool");
