@@ -148,7 +148,9 @@ struct Checkpoints::OpenState {
 
 namespace {
 
-// The process (thread group) of thread `tid`, from /proc; 0 if unknown.
+// The process (thread group) of thread `tid`, from /proc; 0 if unknown,
+// and for kernel threads (a file server's threads write and close for
+// clients, not as one process).
 std::uint32_t process_of(CallerId tid) {
     if (tid == 0) return 0;
     std::string path = "/proc/" + std::to_string(tid) + "/status";
@@ -159,6 +161,7 @@ std::uint32_t process_of(CallerId tid) {
     ::close(fd);
     if (n <= 0) return 0;
     buf[n] = '\0';
+    if (std::strstr(buf, "\nKthread:\t1") != nullptr || std::strstr(buf, "\nPPid:\t2\n") != nullptr) return 0;
     const char* at = std::strstr(buf, "\nTgid:");
     if (at == nullptr) return 0;
     unsigned long v = std::strtoul(at + 6, nullptr, 10);
@@ -850,6 +853,7 @@ Result<std::shared_ptr<Checkpoints::OpenState>> Checkpoints::begin_write(InodeNo
     if (!joined) {
         auto os = materialize(ino, truncate);
         if (!os) return os;
+        if ((*os)->dirty) note_change(**os, caller);  // truncated, or never saved: a change
         std::lock_guard lock(tree_mutex_);
         Node& n = node(ino);
         if (!n.open) {
@@ -1127,7 +1131,13 @@ Result<void> Checkpoints::flush(FileHandle fh, CallerId caller) {
     if (caller != 0 && os.dirty && !os.failed && !os.anyone) {
         std::uint32_t process = process_of(caller);
         bool changed = process == 0;  // unknown: save, as before
-        for (const auto& c : os.changers) changed = changed || c.second == process;
+        for (const auto& c : os.changers) {
+            // A changer's thread that is gone or now in another process:
+            // its id may have been reused by a writer that note_change()
+            // then took for it. Save rather than guess.
+            changed = changed || c.second == process || process_of(c.first) != c.second;
+            if (changed) break;
+        }
         if (!changed) {
             log::debug("checkpoint", "close by process " + std::to_string(process) +
                                          ", which did not change the file: saved at its writers' close");

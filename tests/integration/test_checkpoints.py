@@ -925,6 +925,19 @@ class InheritedDescriptorTests(CheckpointCase):
             self.assert_content(self.ck(m, 'inherited.bin'), data)
         self.assert_store_sound(root)
 
+    def test_truncating_and_closing_saves_the_empty_file(self):
+        # O_TRUNC is a change by the process that opens, with no write after.
+        url, root = self.http_store()
+        with self.mount(url, self.spool()) as m:
+            path = self.ck(m, 'marker.txt')
+            with open(path, 'wb') as f:
+                f.write(b'hello world')
+            os.close(os.open(path, os.O_WRONLY | os.O_TRUNC))
+            self.assertEqual(os.stat(path).st_size, 0)
+            self.assertEqual(len(self.records(root)), 2)
+        with self.mount(url, self.spool()) as m:
+            self.assertEqual(os.stat(self.ck(m, 'marker.txt')).st_size, 0)
+
     def test_a_child_that_writes_saves_at_its_close(self):
         url, root = self.http_store()
         data = seeded(2 * MiB, 78)

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "shelbyfs/blob_reader.h"
 #include "shelbyfs/block_cache.h"
@@ -214,6 +215,16 @@ TEST_SUITE("checkpoint") {
         CHECK(m.ck->stats().uploads == 1);
         CHECK(m.read("w.bin") == data);
 
+        // O_TRUNC is a change by the opener, even with nothing written after.
+        auto tr = m.ck->open(*m.ino("w.bin"), O_WRONLY | O_TRUNC, me);
+        REQUIRE(tr);
+        REQUIRE(m.ck->flush(*tr, other));
+        CHECK(m.read("w.bin").empty());  // this mount shows the open file as it is
+        CHECK(m.ck->stats().uploads == 1);  // but saved nothing
+        REQUIRE(m.ck->flush(*tr, me));
+        m.ck->release(*tr);
+        CHECK(m.read("w.bin").empty());
+
         // A change from an unknown thread (the kernel writing back a shared
         // mapping): every close saves, as before.
         auto h = m.ck->open(*m.ino("w.bin"), O_WRONLY | O_TRUNC, me);
@@ -221,8 +232,18 @@ TEST_SUITE("checkpoint") {
         REQUIRE(m.ck->write(*h, 0, "abc", 3, 0));
         REQUIRE(m.ck->flush(*h, other));
         m.ck->release(*h);
-        CHECK(m.ck->stats().uploads == 2);
         CHECK(m.read("w.bin") == "abc");
+
+        // A changer whose thread has gone (its id may come back in another
+        // process): every close saves.
+        auto g = m.ck->open(*m.ino("w.bin"), O_WRONLY, me);
+        REQUIRE(g);
+        std::thread([&] {
+            REQUIRE(m.ck->write(*g, 3, "de", 2, static_cast<CallerId>(::gettid())));
+        }).join();
+        REQUIRE(m.ck->flush(*g, other));
+        m.ck->release(*g);
+        CHECK(m.read("w.bin") == "abcde");
     }
 
     TEST_CASE("identical content is stored once; overwrites keep every version; the store never changes") {
