@@ -152,7 +152,14 @@ namespace {
 // and for kernel threads (a file server's threads write and close for
 // clients, not as one process).
 std::uint32_t process_of(CallerId tid) {
-    if (tid == 0) return 0;
+    // The kernel numbers callers in the mount's PID namespace; a /proc of
+    // another namespace would name other tasks.
+    static const bool proc_is_ours = [] {
+        char link[32] = {};
+        ssize_t n = ::readlink("/proc/self", link, sizeof link - 1);
+        return n > 0 && std::strtol(link, nullptr, 10) == static_cast<long>(::getpid());
+    }();
+    if (tid == 0 || !proc_is_ours) return 0;
     std::string path = "/proc/" + std::to_string(tid) + "/status";
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0;
@@ -161,7 +168,9 @@ std::uint32_t process_of(CallerId tid) {
     ::close(fd);
     if (n <= 0) return 0;
     buf[n] = '\0';
-    if (std::strstr(buf, "\nKthread:\t1") != nullptr || std::strstr(buf, "\nPPid:\t2\n") != nullptr) return 0;
+    // Kernel threads: "Kthread: 1" (Linux 6.x), else a child of kthreadd.
+    const char* kthread = std::strstr(buf, "\nKthread:\t");
+    if (kthread != nullptr ? kthread[10] == '1' : std::strstr(buf, "\nPPid:\t2\n") != nullptr) return 0;
     const char* at = std::strstr(buf, "\nTgid:");
     if (at == nullptr) return 0;
     unsigned long v = std::strtoul(at + 6, nullptr, 10);
@@ -800,6 +809,8 @@ Result<void> Checkpoints::publish(InodeNo ino, OpenState& open) {
         add_version(path, n.version);
     }
     open.dirty = false;
+    open.changers.clear();  // what changes next is recorded afresh
+    open.anyone = false;
     spool_->drop(*ticket);
     log::debug("checkpoint", "saved \"" + path + "\" as " + object_key(ref->hash) + " (" +
                                  std::to_string(ref->size) + " bytes)");

@@ -242,8 +242,17 @@ TEST_SUITE("checkpoint") {
             REQUIRE(m.ck->write(*g, 3, "de", 2, static_cast<CallerId>(::gettid())));
         }).join();
         REQUIRE(m.ck->flush(*g, other));
-        m.ck->release(*g);
         CHECK(m.read("w.bin") == "abcde");
+        // Saved: the exited thread no longer counts, and a child's close of
+        // what this thread writes next saves nothing again.
+        auto saved = m.ck->stats().uploads;
+        REQUIRE(m.ck->write(*g, 5, "f", 1, me));
+        REQUIRE(m.ck->flush(*g, other));
+        CHECK(m.ck->stats().uploads == saved);
+        REQUIRE(m.ck->flush(*g, me));
+        m.ck->release(*g);
+        CHECK(m.ck->stats().uploads == saved + 1);
+        CHECK(m.read("w.bin") == "abcdef");
     }
 
     TEST_CASE("identical content is stored once; overwrites keep every version; the store never changes") {
